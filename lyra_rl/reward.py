@@ -1,0 +1,323 @@
+"""The reward protocol, reward sets, and the plugin registry.
+
+A reward scores a batch of rollouts. Rewards are found by name through the ``lyra_rl.rewards`` entry
+point group (the built-in rewards register there exactly as a third-party package does) or by a dotted
+path ``package.module:ClassName``.
+
+Contract:
+    - Input: ``videos (B, T, 3, H, W)`` float in ``[0, 1]``, :class:`~lyra_rl.camera.Cameras` with
+      ``B`` trajectories of ``T`` frames (the *commanded* cameras), ``B`` prompts and optionally the
+      conditioning images ``(B, 3, H, W)``. Bad input raises one ``ValueError`` at this boundary.
+    - Output: :class:`RewardOutput` with ``rewards (B,)`` (higher is better), ``failed (B,)`` and named
+      diagnostics ``(B,)``. A video the reward cannot score (too few matches, degenerate estimation)
+      gets the reward's documented ``floor`` and ``failed=True``: a reward never raises inside a
+      training step. ``NaN`` means *not applicable* (e.g. triangulation on a pure rotation) and is
+      left out of the weighted sum, as trl does for rewards that return ``None``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import Cameras
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "lyra_rl.rewards"
+
+
+class EstimationError(RuntimeError):
+    """A reward could not estimate what it needs from a video (too few matches, degenerate geometry)."""
+
+
+@dataclass
+class RewardOutput:
+    """What a reward returns for a batch.
+
+    Attributes:
+        rewards: ``(B,)`` float, higher is better; ``floor`` where failed, NaN where not applicable.
+        failed: ``(B,)`` bool, True where the reward could not score the video.
+        diagnostics: named ``(B,)`` float tensors (pose errors, match counts, ...).
+    """
+
+    rewards: Tensor
+    failed: Tensor
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """A reward plugin. ``cache`` is a per-video dict shared by all rewards of a set (see VideoReward)."""
+
+    name: str
+    floor: float
+
+    def __call__(
+        self,
+        videos: Tensor,
+        cameras: Cameras,
+        prompts: Sequence[str],
+        *,
+        images: Tensor | None = None,
+        caches: Sequence[dict] | None = None,
+    ) -> RewardOutput: ...
+
+
+def validate_inputs(videos: Tensor, cameras: Cameras, prompts: Sequence[str], images: Tensor | None = None) -> None:
+    """Raises one clear ``ValueError`` for inputs that break the reward contract."""
+    if not isinstance(videos, Tensor) or videos.ndim != 5 or videos.shape[2] != 3:
+        shape = tuple(videos.shape) if isinstance(videos, Tensor) else type(videos).__name__
+        raise ValueError(f"videos must be a tensor of shape (B, T, 3, H, W), got {shape}")
+    batch, frames = videos.shape[:2]
+    if frames < 2:
+        raise ValueError(f"videos need at least 2 frames to be scored, got T={frames}")
+    if not videos.is_floating_point() or not torch.isfinite(videos).all():
+        raise ValueError("videos must be finite floating-point tensors in [0, 1] (found NaN/inf or integers)")
+    if videos.min() < -1e-3 or videos.max() > 1 + 1e-3:
+        raise ValueError(f"videos must lie in [0, 1], got range [{videos.min():.3f}, {videos.max():.3f}]")
+    if cameras.batch_size != batch or cameras.num_frames != frames:
+        raise ValueError(
+            f"cameras describe {cameras.batch_size} trajectories of {cameras.num_frames} frames but videos are "
+            f"{batch} clips of {frames} frames; the trajectory length must equal T"
+        )
+    if len(prompts) != batch:
+        raise ValueError(f"got {len(prompts)} prompts for {batch} videos")
+    if images is not None and (images.ndim != 4 or images.shape[0] != batch or images.shape[1] != 3):
+        raise ValueError(f"images must have shape (B, 3, H, W) with B={batch}, got {tuple(images.shape)}")
+
+
+class VideoReward:
+    """Base class for rewards that score each video of a batch on its own.
+
+    Subclasses set ``name`` and ``floor`` and implement :meth:`score_video`, which may raise
+    :class:`EstimationError` (or OpenCV / linear-algebra errors) on a video it cannot score; the batch
+    call turns that into ``floor`` with ``failed=True`` and logs a warning.
+    """
+
+    name: str = "reward"
+    floor: float = 0.0
+
+    def score_video(
+        self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image: Tensor | None, cache: dict
+    ) -> tuple[float, dict[str, float]]:
+        """Scores one video ``(T, 3, H, W)`` against ``cam_from_world (T, 4, 4)`` and ``intrinsics (T, 3, 3)``.
+
+        Returns:
+            The reward (NaN if not applicable) and named diagnostics.
+        """
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        videos: Tensor,
+        cameras: Cameras,
+        prompts: Sequence[str],
+        *,
+        images: Tensor | None = None,
+        caches: Sequence[dict] | None = None,
+    ) -> RewardOutput:
+        validate_inputs(videos, cameras, prompts, images)
+        caches = caches if caches is not None else [{} for _ in range(len(videos))]
+        values, failed, diags = [], [], []
+        for b in range(len(videos)):
+            try:
+                value, diag = self.score_video(
+                    videos[b], cameras.cam_from_world[b], cameras.intrinsics[b],
+                    image=None if images is None else images[b], cache=caches[b],
+                )
+                ok = True
+            except (EstimationError, np.linalg.LinAlgError, _cv2_error()) as error:
+                logger.warning("%s could not score video %d (%s); using floor %.3g", self.name, b, error, self.floor)
+                value, diag, ok = self.floor, {}, False
+            values.append(value)
+            failed.append(not ok)
+            diags.append(diag)
+        keys = sorted({k for d in diags for k in d})
+        diagnostics = {k: torch.tensor([d.get(k, math.nan) for d in diags], dtype=torch.float32) for k in keys}
+        return RewardOutput(torch.tensor(values, dtype=torch.float32), torch.tensor(failed), diagnostics)
+
+
+def _cv2_error() -> type[BaseException]:
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - opencv is a dependency, but the core does not require it
+        return EstimationError
+    return cv2.error
+
+
+def available_rewards() -> list[str]:
+    """Names registered in the ``lyra_rl.rewards`` entry point group."""
+    return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def resolve_reward_class(name: str) -> type:
+    """Finds a reward class by entry-point name or dotted path ``package.module:ClassName``."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"cannot import reward {name!r}: {error}") from error
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not matches:
+        raise ValueError(
+            f"unknown reward {name!r}; registered rewards: {', '.join(available_rewards()) or 'none'} "
+            f"(or give a dotted path 'package.module:ClassName')"
+        )
+    return matches[0].load()
+
+
+def load_reward(name: str, **kwargs: Any) -> Reward:
+    """Instantiates a reward by name or dotted path with keyword arguments from the config."""
+    reward = resolve_reward_class(name)(**kwargs)
+    if not isinstance(reward, Reward):
+        raise TypeError(f"{name!r} does not implement the Reward protocol (name, floor, __call__)")
+    return reward
+
+
+@dataclass
+class RewardSetOutput:
+    """Scores of a reward set for a batch.
+
+    Attributes:
+        total: ``(B,)`` weighted sum of the rewards, NaN (not applicable) terms left out.
+        rewards: reward name -> ``(B,)``.
+        failed: reward name -> ``(B,)`` bool.
+        diagnostics: ``"reward/diagnostic"`` -> ``(B,)``.
+    """
+
+    total: Tensor
+    rewards: dict[str, Tensor]
+    failed: dict[str, Tensor]
+    diagnostics: dict[str, Tensor]
+
+
+def _score_one(
+    rewards: Sequence[Reward], video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None
+) -> list[RewardOutput]:
+    """Scores one video ``(1, T, 3, H, W)`` with every reward, sharing one cache (features, matches)."""
+    cache: dict = {}
+    return [r(video, cameras, [prompt], images=image, caches=[cache]) for r in rewards]
+
+
+_WORKER_REWARDS: Sequence[Reward] = ()
+
+
+def _init_worker(rewards: Sequence[Reward]) -> None:
+    global _WORKER_REWARDS
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    _WORKER_REWARDS = rewards
+
+
+def _score_in_worker(video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None) -> list[RewardOutput]:
+    return _score_one(_WORKER_REWARDS, video, cameras, prompt, image)
+
+
+class RewardSet:
+    """A weighted set of rewards scored together, optionally across CPU worker processes.
+
+    Each video is scored by every reward in one place, so the two-view geometry (features, matches) is
+    computed once per video and shared. With ``num_workers > 0`` videos are spread over a persistent pool
+    of spawned worker processes (one thread each), which scales batch throughput with CPU cores.
+
+    Args:
+        rewards: reward instances.
+        weights: one weight per reward (default 1 each).
+        num_workers: worker processes; 0 scores in this process.
+    """
+
+    _pool: ProcessPoolExecutor | None = None
+
+    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float] | None = None, num_workers: int = 0):
+        if not rewards:
+            raise ValueError("a RewardSet needs at least one reward")
+        names = [r.name for r in rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward names must be unique, got {names}")
+        weights = [1.0] * len(rewards) if weights is None else list(weights)
+        if len(weights) != len(rewards):
+            raise ValueError(f"got {len(weights)} reward_weights for {len(rewards)} rewards")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.rewards = list(rewards)
+        self.weights = weights
+        self.num_workers = num_workers
+
+    @classmethod
+    def from_names(
+        cls,
+        names: Sequence[str],
+        weights: Sequence[float] | None = None,
+        reward_kwargs: dict[str, dict] | None = None,
+        num_workers: int = 0,
+    ) -> RewardSet:
+        """Builds a set from registry names or dotted paths; ``reward_kwargs`` maps a name to its options."""
+        reward_kwargs = reward_kwargs or {}
+        unknown = set(reward_kwargs) - set(names)
+        if unknown:
+            raise ValueError(f"reward_kwargs given for rewards not in the set: {sorted(unknown)}")
+        return cls([load_reward(n, **reward_kwargs.get(n, {})) for n in names], weights, num_workers)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.num_workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(self.rewards,),
+            )
+        return self._pool
+
+    def __call__(
+        self, videos: Tensor, cameras: Cameras, prompts: Sequence[str], *, images: Tensor | None = None
+    ) -> RewardSetOutput:
+        validate_inputs(videos, cameras, prompts, images)
+        args = [
+            (videos[b : b + 1], cameras[b], prompts[b], None if images is None else images[b : b + 1])
+            for b in range(len(videos))
+        ]
+        if self.num_workers:
+            futures = [self._executor().submit(_score_in_worker, *a) for a in args]
+            per_video = [f.result() for f in futures]
+        else:
+            per_video = [_score_one(self.rewards, *a) for a in args]
+        rewards, failed, diagnostics = {}, {}, {}
+        for k, reward in enumerate(self.rewards):
+            outputs = [video_outputs[k] for video_outputs in per_video]
+            rewards[reward.name] = torch.cat([o.rewards for o in outputs])
+            failed[reward.name] = torch.cat([o.failed for o in outputs])
+            for key in sorted({key for o in outputs for key in o.diagnostics}):
+                nan = torch.full((1,), math.nan)
+                diagnostics[f"{reward.name}/{key}"] = torch.cat([o.diagnostics.get(key, nan) for o in outputs])
+        weighted = torch.stack([w * rewards[r.name] for r, w in zip(self.rewards, self.weights)])
+        return RewardSetOutput(torch.nansum(weighted, dim=0), rewards, failed, diagnostics)
+
+    def close(self) -> None:
+        """Shuts the worker pool down (also done when the set is garbage-collected)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> RewardSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

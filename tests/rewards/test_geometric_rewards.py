@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
+
+
+def score(reward, video, cameras, cache=None):
+    out = reward(video[None], cameras, [""], caches=None if cache is None else [cache])
+    return float(out.rewards[0]), bool(out.failed[0]), {k: float(v[0]) for k, v in out.diagnostics.items()}
+
+
+def frozen(video):
+    return video[:1].expand_as(video).contiguous()
+
+
+def shuffled(video):
+    order = torch.cat([torch.tensor([0]), torch.randperm(len(video) - 1, generator=torch.Generator().manual_seed(0)) + 1])
+    return video[order]
+
+
+@pytest.mark.parametrize("fixture", ["small", "large"])
+@pytest.mark.parametrize(
+    "reward_cls, direction, breakages",
+    [
+        (PoseConsistencyReward, "forward_left", ("wrong", "frozen", "shuffled")),
+        (PoseConsistencyReward, "left", ("wrong", "frozen", "shuffled")),
+        (EpipolarReward, "forward_left", ("wrong", "frozen")),
+        (EpipolarReward, "right", ("wrong", "frozen", "shuffled")),
+        (ReprojectionReward, "forward", ("wrong", "frozen", "shuffled")),
+        (FeatureMatchingReward, "forward_right", ("frozen",)),
+        (PointCloudReward, "s_curve", ("wrong", "frozen")),
+    ],
+)
+def test_consistent_video_ranks_above_broken(request, fixture, reward_cls, direction, breakages):
+    clips = request.getfixturevalue(fixture)
+    reward, video, cameras = reward_cls(), clips.video(direction), clips.cameras(direction)
+    good, failed, _ = score(reward, video, cameras)
+    assert not failed and good > 0.3
+    wrong_direction = "forward_right" if direction != "forward_right" else "forward_left"
+    videos = {"wrong": clips.video(wrong_direction), "frozen": frozen(video), "shuffled": shuffled(video)}
+    for name in breakages:
+        bad, _, _ = score(reward, videos[name], cameras)
+        assert good > bad + 0.2, f"{reward.name} on {direction}: consistent {good:.3f} vs {name} {bad:.3f}"
+
+
+def test_pose_errors_are_small_on_consistent_video(large):
+    _, _, diag = score(PoseConsistencyReward(), large.video("forward_right"), large.cameras("forward_right"))
+    assert diag["rot_err_deg"] < 0.5 and diag["trans_dir_err_deg"] < 5
+    assert diag["camera_control"] > 0.7
+
+
+def test_matching_sees_morphing_and_crossfade(small, large):
+    for clips in (small, large):
+        video = clips.video("forward")
+        good, _, _ = score(FeatureMatchingReward(), video, clips.cameras("forward"))
+        other = clips.video("forward_left")
+        alpha = torch.linspace(0, 1, len(video))[:, None, None, None]
+        fade, _, _ = score(FeatureMatchingReward(), (1 - alpha) * video + alpha * other.flip(-1), clips.cameras("forward"))
+        assert good > fade + 0.1
+
+
+def test_reprojection_not_applicable_to_pure_rotation(small):
+    value, failed, diag = score(ReprojectionReward(), small.video("left"), small.cameras("left"))
+    assert math.isnan(value) and not failed and diag == {}
+
+
+def test_textureless_video_fails_with_floor(small):
+    blank = torch.full((small.num_frames, 3, small.height, small.width), 0.5)
+    for reward in (PoseConsistencyReward(), EpipolarReward(), ReprojectionReward(), FeatureMatchingReward(), PointCloudReward()):
+        value, failed, _ = score(reward, blank, small.cameras("forward"))
+        assert failed and value == reward.floor, reward.name
+
+
+def test_rewards_share_one_geometry_per_video(small):
+    cache: dict = {}
+    video, cameras = small.video("forward"), small.cameras("forward")
+    score(EpipolarReward(), video, cameras, cache)
+    score(FeatureMatchingReward(), video, cameras, cache)
+    assert len(cache) == 1  # same correspondence config -> one VideoGeometry
+    geometry = next(iter(cache.values()))
+    assert geometry.method == "flow" and len(geometry._matches) == len(geometry.pairs())
+
+
+def test_point_cloud_exports_ply(large, tmp_path):
+    reward = PointCloudReward(export_dir=str(tmp_path))
+    value, failed, _ = score(reward, large.video("forward"), large.cameras("forward"))
+    assert not failed and value > 0.3
+    plys = sorted(tmp_path.glob("*.ply"))
+    assert len(plys) == 2 and plys[0].read_bytes().startswith(b"ply")
