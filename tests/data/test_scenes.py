@@ -11,7 +11,8 @@ from lyra_rl.data.scenes import Rendering, Scene, default_intrinsics, make_scene
 
 
 def pose(yaw_degrees: float = 0.0, center=(0.0, 0.0, 0.0), pitch_degrees: float = 0.0, roll_degrees: float = 0.0):
-    """cam_from_world (4, 4) float64 of a camera at ``center`` turned by yaw (about y), pitch (x), roll (z)."""
+    """cam_from_world (4, 4) float64 of a camera at ``center`` turned by yaw (about y; positive turns towards
+    +x), then pitch (about x) and roll (about z)."""
     yaw, pitch, roll = (math.radians(a) for a in (yaw_degrees, pitch_degrees, roll_degrees))
     ry = torch.tensor([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
     rx = torch.tensor([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]])
@@ -40,9 +41,13 @@ def project(points: torch.Tensor, cam_from_world: torch.Tensor, intrinsics: torc
     return pixels[..., :2] / pixels[..., 2:], cam[..., 2]
 
 
+def to_gray(frame: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float frame in [0, 1] to an 8-bit gray image."""
+    return cv2.cvtColor((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+
 def sift_keypoints(frame: torch.Tensor) -> int:
-    gray = cv2.cvtColor((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), cv2.COLOR_RGB2GRAY)
-    return len(cv2.SIFT_create().detect(gray, None))
+    return len(cv2.SIFT_create().detect(to_gray(frame), None))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +107,10 @@ def test_every_pixel_is_hit_along_a_yaw_sweep_and_forward_motion(scene):
     assert torch.isfinite(result.depth).all() and (result.depth > 0).all()
     assert (result.world_points >= scene.room_min - 1e-4).all() and (result.world_points <= scene.room_max + 1e-4).all()
     assert ((result.face_ids >= 0) & (result.face_ids < scene.num_faces)).all()
+    # Odd sizes put pixel centers exactly on the optical axis: ray directions with exact zero components.
+    axis_aligned = render(scene, poses((0.0,), (90.0,)), default_intrinsics(25, 33), 25, 33, supersample=3)
+    assert torch.isfinite(axis_aligned.depth).all() and (axis_aligned.depth > 0).all()
+    assert torch.isfinite(axis_aligned.frames).all()
 
 
 def test_world_points_reproject_to_pixel_centers(scene):
@@ -184,6 +193,22 @@ def test_textures_are_rich_enough_for_sift(seed):
         result = render(scene, cameras, default_intrinsics(height, width), height, width)
         counts = [sift_keypoints(frame) for frame in result.frames]
         assert min(counts) >= minimum, f"seed {seed} {height}x{width}: {counts}"
+
+
+def test_sift_matches_agree_with_the_ground_truth_geometry(scene):
+    """Texture features match across views, at the positions the known geometry predicts."""
+    cameras = poses((0.0,), (15.0, (0.3, 0.0, 0.7)))
+    sift = cv2.SIFT_create()
+    for (height, width), minimum in [((128, 224), 100), ((64, 96), 15)]:
+        intrinsics = default_intrinsics(height, width)
+        result = render(scene, cameras, intrinsics, height, width)
+        (keys0, desc0), (keys1, desc1) = (sift.detectAndCompute(to_gray(frame), None) for frame in result.frames)
+        matches = [a for a, b in cv2.BFMatcher().knnMatch(desc0, desc1, k=2) if a.distance < 0.8 * b.distance]
+        source = torch.tensor([keys0[m.queryIdx].pt for m in matches]).round().long()
+        target = torch.tensor([keys1[m.trainIdx].pt for m in matches], dtype=torch.float64)
+        predicted, _ = project(result.world_points[0, source[:, 1], source[:, 0]], cameras[1], intrinsics)
+        correct = int(((predicted - target).norm(dim=-1) < 2.0).sum())
+        assert correct >= minimum and correct >= 0.5 * len(matches), f"{height}x{width}: {correct}/{len(matches)}"
 
 
 def test_supersampling_only_smooths(scene):
