@@ -22,6 +22,8 @@ from torch import Tensor
 
 from lyra_rl.reward import VideoReward
 
+from .two_view import path_length
+
 
 @dataclass(frozen=True)
 class CorrespondenceConfig:
@@ -204,6 +206,9 @@ class GeometricReward(VideoReward):
             same features and matches.
         min_matches: pairs with fewer correspondences count as failed pairs.
         max_failed_fraction: a video whose failed-pair fraction exceeds this gets the floor and a flag.
+        min_translation: commanded baselines shorter than this (trajectory units) count as pure rotations.
+        max_depth_over_path: the static-video guard assumes the scene is no deeper than this many times
+            the commanded path length (see ``two_view.moves_as_commanded``).
     """
 
     def __init__(
@@ -212,10 +217,18 @@ class GeometricReward(VideoReward):
         gaps: tuple[int, ...] = (1, 4),
         min_matches: int = 20,
         max_failed_fraction: float = 0.5,
+        min_translation: float = 1e-4,
+        max_depth_over_path: float = 10.0,
     ):
         self.correspondences = CorrespondenceConfig(method=method, gaps=tuple(gaps))
         self.min_matches = min_matches
         self.max_failed_fraction = max_failed_fraction
+        self.min_translation = min_translation
+        self.max_depth_over_path = max_depth_over_path
+
+    def max_depth(self, cam_from_world: Tensor) -> float:
+        """Deepest scene the static guard allows for a commanded trajectory ``(T, 4, 4)``."""
+        return self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
 
     def geometry(self, video: Tensor, cache: dict) -> VideoGeometry:
         return get_geometry(video, self.correspondences, cache)

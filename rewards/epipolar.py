@@ -15,7 +15,6 @@ from .two_view import (
     fundamental_from_pose,
     grid_coverage,
     moves_as_commanded,
-    path_length,
     rotation_transfer_error,
     sampson_distance,
 )
@@ -44,20 +43,16 @@ class EpipolarReward(GeometricReward):
         self,
         tau_px: float = 1.0,
         min_coverage: float = 0.5,
-        min_translation: float = 1e-4,
-        max_depth_over_path: float = 10.0,
         **geometry_kwargs,
     ):
         super().__init__(**geometry_kwargs)
         self.tau_px = tau_px
         self.min_coverage = min_coverage
-        self.min_translation = min_translation
-        self.max_depth_over_path = max_depth_over_path
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         geometry = self.geometry(video, cache)
         tau = self.tau_px * geometry.pixel_scale
-        max_depth = self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
+        max_depth = self.max_depth(cam_from_world)
         pairs = geometry.pairs()
         scores, medians, consistent, failed, static = [], [], [], 0, 0
         for i, j in pairs:

@@ -11,7 +11,7 @@ from torch import Tensor
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, grid_coverage, moves_as_commanded, path_length
+from .two_view import commanded_pair, grid_coverage, moves_as_commanded
 
 
 class FeatureMatchingReward(GeometricReward):
@@ -39,8 +39,6 @@ class FeatureMatchingReward(GeometricReward):
         target_inliers: int = 150,
         min_coverage: float = 0.5,
         min_sharpness: float = 0.6,
-        min_translation: float = 1e-4,
-        max_depth_over_path: float = 10.0,
         **geometry_kwargs,
     ):
         super().__init__(**geometry_kwargs)
@@ -48,14 +46,12 @@ class FeatureMatchingReward(GeometricReward):
         self.target_inliers = target_inliers
         self.min_coverage = min_coverage
         self.min_sharpness = min_sharpness
-        self.min_translation = min_translation
-        self.max_depth_over_path = max_depth_over_path
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         geometry = self.geometry(video, cache)
         scale = geometry.pixel_scale
         target = max(20.0, self.target_inliers * geometry.height * geometry.width / (256 * 448))
-        max_depth = self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
+        max_depth = self.max_depth(cam_from_world)
         pairs = geometry.pairs()
         scores, ratios, counts, coverages, failed, static = [], [], [], [], 0, 0
         for i, j in pairs:

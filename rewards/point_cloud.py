@@ -39,7 +39,6 @@ class PointCloudReward(GeometricReward):
         tau: float = 0.05,
         min_points: int = 50,
         max_depth_factor: float = 5.0,
-        min_translation: float = 1e-4,
         export_dir: str | None = None,
         **geometry_kwargs,
     ):
@@ -47,7 +46,6 @@ class PointCloudReward(GeometricReward):
         self.tau = tau
         self.min_points = min_points
         self.max_depth_factor = max_depth_factor
-        self.min_translation = min_translation
         self.export_dir = Path(export_dir) if export_dir else None
         self._exported = 0
 

@@ -13,7 +13,7 @@ from lyra_rl.camera import invert_pose, make_pose, pairwise_pose_errors, traject
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, estimate_relative_pose, moves_as_commanded, path_length
+from .two_view import commanded_pair, estimate_relative_pose, moves_as_commanded
 
 
 class PoseConsistencyReward(GeometricReward):
@@ -45,20 +45,16 @@ class PoseConsistencyReward(GeometricReward):
         tau_rot_degrees: float = 2.0,
         tau_trans_degrees: float = 20.0,
         threshold_px: float = 1.0,
-        min_translation: float = 1e-4,
-        max_depth_over_path: float = 10.0,
         **geometry_kwargs,
     ):
         super().__init__(**geometry_kwargs)
         self.tau_rot = tau_rot_degrees
         self.tau_trans = tau_trans_degrees
         self.threshold_px = threshold_px
-        self.min_translation = min_translation
-        self.max_depth_over_path = max_depth_over_path
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         geometry = self.geometry(video, cache)
-        max_depth = self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
+        max_depth = self.max_depth(cam_from_world)
         threshold = self.threshold_px * geometry.pixel_scale
         # Angular noise grows as the image shrinks (pixel noise over focal length): widen the tolerances.
         tau_rot, tau_trans = self.tau_rot / geometry.pixel_scale, self.tau_trans / geometry.pixel_scale

@@ -10,7 +10,7 @@ from torch import Tensor
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, moves_as_commanded, path_length, project, triangulate
+from .two_view import commanded_pair, moves_as_commanded, project, triangulate
 
 
 class ReprojectionReward(GeometricReward):
@@ -36,19 +36,15 @@ class ReprojectionReward(GeometricReward):
     def __init__(
         self,
         tau_px: float = 2.0,
-        min_translation: float = 1e-4,
-        max_depth_over_path: float = 10.0,
         **geometry_kwargs,
     ):
         super().__init__(**geometry_kwargs)
         self.tau_px = tau_px
-        self.min_translation = min_translation
-        self.max_depth_over_path = max_depth_over_path
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         geometry = self.geometry(video, cache)
         tau = self.tau_px * geometry.pixel_scale
-        max_depth = self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
+        max_depth = self.max_depth(cam_from_world)
         scores, errors, cheiralities, failed, static, triplets = [], [], [], 0, 0, 0
         for g in self.correspondences.gaps:
             for i in range(geometry.num_frames - 2 * g):

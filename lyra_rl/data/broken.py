@@ -151,7 +151,8 @@ def warp_nonrigid(
     # Pixel-center coordinates to grid_sample's [-1, 1] with align_corners=False.
     x = (2 * (cols + displacement[..., 0]) + 1) / width - 1
     y = (2 * (rows + displacement[..., 1]) + 1) / height - 1
-    warped = F.grid_sample(frames, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border", align_corners=False)
+    grid = torch.stack([x, y], dim=-1)
+    warped = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
     warped[0] = frames[0]
     return warped.clamp(0, 1)
 

@@ -438,7 +438,8 @@ def _validate_render_inputs(
     if num_frames == 0:
         raise ValueError("cam_from_world must hold at least one pose")
     if not isinstance(intrinsics, Tensor) or intrinsics.shape not in ((3, 3), (num_frames, 3, 3)):
-        raise ValueError(f"intrinsics must have shape (3, 3) or ({num_frames}, 3, 3), got {getattr(intrinsics, 'shape', None)}")
+        shape = getattr(intrinsics, "shape", None)
+        raise ValueError(f"intrinsics must have shape (3, 3) or ({num_frames}, 3, 3), got {shape}")
     if not (isinstance(height, numbers.Integral) and isinstance(width, numbers.Integral) and min(height, width) >= 8):
         raise ValueError(f"height and width must be integers >= 8, got {height} x {width}")
     if not (isinstance(supersample, numbers.Integral) and 1 <= supersample <= 8):
@@ -696,7 +697,8 @@ def _shade(atlas: _MipAtlas, tables: _FaceTables, rays: _Rays, depth: Tensor, fa
     height, width = depth.shape
     grid = torch.empty(2, height, width, 2)
     for axis, coordinate in enumerate((u, v)):
-        torch.addcmul(_lookup(atlas.origin[axis], rows), _lookup(atlas.scale[axis], rows), coordinate, out=grid[..., axis])
+        origin, scale = _lookup(atlas.origin[axis], rows), _lookup(atlas.scale[axis], rows)
+        torch.addcmul(origin, scale, coordinate, out=grid[..., axis])
     samples = F.grid_sample(
         atlas.image, grid.view(1, 2 * height, width, 2), mode="bilinear", padding_mode="border", align_corners=False
     )[0]

@@ -105,7 +105,12 @@ def test_blur_keeps_frame_zero_and_removes_detail(video):
 
 @pytest.mark.parametrize(
     "function",
-    [freeze_frames, blur, lambda frames: shuffle_frames(frames, generator()), lambda frames: warp_nonrigid(frames, 2.0, generator())],
+    [
+        freeze_frames,
+        blur,
+        lambda frames: shuffle_frames(frames, generator()),
+        lambda frames: warp_nonrigid(frames, 2.0, generator()),
+    ],
 )
 def test_invalid_videos_raise_value_error(function):
     with pytest.raises(ValueError):

@@ -98,7 +98,7 @@ def test_scene_is_picklable(scene):
 
 def test_every_pixel_is_hit_along_a_yaw_sweep_and_forward_motion(scene):
     sweep = [(yaw, (0.0, 0.0, 0.0)) for yaw in range(-90, 91, 30)]
-    forward = [(yaw, (x, y, z)) for yaw, x, y, z in [(0, 0, 0, 3.5), (90, 1.5, 0.3, 3.5), (-90, -1.5, -0.3, 3.5), (45, 1.5, 0.3, -1.0)]]
+    forward = [(0.0, (0.0, 0.0, 3.5)), (90.0, (1.5, 0.3, 3.5)), (-90.0, (-1.5, -0.3, 3.5)), (45.0, (1.5, 0.3, -1.0))]
     cameras = poses(*sweep, *forward)
     result = render(scene, cameras, default_intrinsics(24, 32), 24, 32)
     assert isinstance(result, Rendering)
@@ -141,7 +141,8 @@ def corresponding_pixels(result: Rendering, cameras, intrinsics, k: int, stride:
     rows, cols = torch.meshgrid(torch.arange(1, height - 1, stride), torch.arange(1, width - 1, stride), indexing="ij")
     rows, cols = rows.flatten(), cols.flatten()
     pixels, depth = project(result.world_points[0, rows, cols], cameras[k], intrinsics)
-    inside = (depth > 0) & (pixels[:, 0] >= 1) & (pixels[:, 0] <= width - 2) & (pixels[:, 1] >= 1) & (pixels[:, 1] <= height - 2)
+    in_bounds = (pixels >= 1) & (pixels <= torch.tensor([width - 2, height - 2], dtype=torch.float64))
+    inside = (depth > 0) & in_bounds.all(-1)
     rows, cols, pixels = rows[inside], cols[inside], pixels[inside]
     face = result.face_ids[0, rows, cols]
     c0, r0 = pixels[:, 0].floor().long(), pixels[:, 1].floor().long()
@@ -164,7 +165,8 @@ def test_world_points_agree_across_frames(scene):
         assert len(source) > 200
         expected = result.world_points[0, source[:, 0], source[:, 1]].double()
         depth = 1 / bilinear(1 / result.depth[k][None], pixels)
-        rays = torch.cat([pixels, torch.ones(len(pixels), 1, dtype=torch.float64)], -1) @ torch.linalg.inv(intrinsics.double()).T
+        homogeneous = torch.cat([pixels, torch.ones(len(pixels), 1, dtype=torch.float64)], -1)
+        rays = homogeneous @ torch.linalg.inv(intrinsics.double()).T
         pose_k = cameras[k].double()
         points = (depth * rays - pose_k[:3, 3]) @ pose_k[:3, :3]  # R^T (z K^-1 p - t)
         assert (points - expected).norm(dim=-1).max() < 1e-3
