@@ -65,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=70.0, help="horizontal field of view in degrees, if no --intrinsics")
     p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="pixel intrinsics")
     p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names or module:Class paths")
-    p.add_argument("--method", default="auto", choices=("auto", "sift", "flow"), help="correspondences")
+    p.add_argument("--method", default="auto", choices=("auto", "sift", "kornia_sift", "flow"), help="correspondences")
     p.add_argument("--prompt", default="", help="the prompt the video was generated from")
     p.add_argument("--max-frames", type=int, help="score only the first N frames")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

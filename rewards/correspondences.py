@@ -2,7 +2,7 @@
 
 Two sources, chosen by resolution or config:
     - ``sift``: OpenCV SIFT keypoints per frame (detected once per frame), matched per pair with a
-      ratio test. Best at 256x448 and above.
+      ratio test. Best at 256x448 and above. ``kornia_sift`` uses kornia's differentiable SIFT instead.
     - ``flow``: dense correspondences from OpenCV's DIS optical flow on a pixel grid, kept where the
       forward-backward check passes and the image has texture (minimum eigenvalue of the structure
       tensor). Small, soft videos (64x96 to 128x224, what tiny or half-trained world models make) give
@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import kornia.feature as KF
 import numpy as np
 import torch
 from torch import Tensor
@@ -30,7 +31,9 @@ class CorrespondenceConfig:
     """How correspondences are found.
 
     Args:
-        method: ``"sift"``, ``"flow"`` or ``"auto"`` (SIFT when the shorter side is >= ``auto_min_side``).
+        method: ``"sift"`` (OpenCV), ``"kornia_sift"`` (kornia's differentiable SIFT; about 20x slower on
+            CPU), ``"flow"`` or ``"auto"`` (OpenCV SIFT when the shorter side is >= ``auto_min_side``, else
+            flow).
         gaps: frame gaps of the scored pairs.
         max_features: SIFT keypoints per frame.
         ratio: Lowe ratio-test threshold.
@@ -50,8 +53,8 @@ class CorrespondenceConfig:
     auto_min_side: int = 192
 
     def __post_init__(self) -> None:
-        if self.method not in ("sift", "flow", "auto"):
-            raise ValueError(f"method must be 'sift', 'flow' or 'auto', got {self.method!r}")
+        if self.method not in ("sift", "kornia_sift", "flow", "auto"):
+            raise ValueError(f"method must be 'sift', 'kornia_sift', 'flow' or 'auto', got {self.method!r}")
         if not self.gaps or min(self.gaps) < 1:
             raise ValueError(f"gaps must be positive frame gaps, got {self.gaps}")
 
@@ -117,16 +120,23 @@ class VideoGeometry:
 
     def matches(self, i: int, j: int) -> Matches:
         if (i, j) not in self._matches:
-            self._matches[i, j] = self._sift_matches(i, j) if self.method == "sift" else self._flow_matches(i, j)
+            self._matches[i, j] = self._flow_matches(i, j) if self.method == "flow" else self._sift_matches(i, j)
         return self._matches[i, j]
 
     def features(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """SIFT keypoint coordinates ``(N, 2)`` and descriptors ``(N, 128)`` of frame i."""
+        """SIFT keypoint coordinates ``(N, 2)`` and descriptors ``(N, 128)`` float32 of frame i."""
         if i not in self._features:
-            sift = cv2.SIFT_create(nfeatures=self.config.max_features)
-            keypoints, descriptors = sift.detectAndCompute(self.gray[i], None)
-            points = np.array([kp.pt for kp in keypoints], dtype=np.float64).reshape(-1, 2)
-            self._features[i] = (points, descriptors if descriptors is not None else np.zeros((0, 128), np.float32))
+            if self.method == "kornia_sift":
+                image = torch.from_numpy(self.gray[i]).float()[None, None] / 255
+                with torch.no_grad():
+                    lafs, _, descriptors = KF.SIFTFeature(num_features=self.config.max_features)(image)
+                points = KF.get_laf_center(lafs)[0].double().numpy()
+                self._features[i] = (points, descriptors[0].numpy().astype(np.float32))
+            else:
+                sift = cv2.SIFT_create(nfeatures=self.config.max_features)
+                keypoints, descriptors = sift.detectAndCompute(self.gray[i], None)
+                points = np.array([kp.pt for kp in keypoints], dtype=np.float64).reshape(-1, 2)
+                self._features[i] = (points, descriptors if descriptors is not None else np.zeros((0, 128), np.float32))
         return self._features[i]
 
     def _sift_matches(self, i: int, j: int) -> Matches:

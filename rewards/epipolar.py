@@ -66,7 +66,7 @@ class EpipolarReward(GeometricReward):
                 F = fundamental_from_pose(pair.K_i, pair.K_j, pair.R, pair.t)
                 distances = sampson_distance(F, matches.points_i, matches.points_j)
             else:
-                distances = rotation_transfer_error(pair, matches.points_i, matches.points_j)
+                distances = rotation_transfer_error(pair.K_i, pair.K_j, pair.R, matches.points_i, matches.points_j)
             median = float(np.median(distances))
             coverage = grid_coverage(matches.points_i, geometry.height, geometry.width)
             score = math.exp(-median / tau) * min(1.0, coverage / self.min_coverage)

@@ -13,7 +13,7 @@ from lyra_rl.camera import invert_pose, make_pose, pairwise_pose_errors, traject
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, estimate_relative_pose, moves_as_commanded
+from .two_view import commanded_pair, estimate_relative_pose, moves_as_commanded, rotation_transfer_error
 
 
 class PoseConsistencyReward(GeometricReward):
@@ -24,7 +24,9 @@ class PoseConsistencyReward(GeometricReward):
     translation is zero, a rotation-only homography. The pair scores
     ``exp(-e_R / tau_rot) * exp(-e_t / tau_trans)`` (tolerances in degrees at 448 px width, widened
     up to 2x for smaller videos) with ``e_R`` the geodesic rotation error and ``e_t`` the
-    translation-direction error (degrees; skipped for pure rotations). A translating pair whose matches
+    translation-direction error (degrees). Where the command is a pure rotation, the translation term is
+    ``exp(-parallax / tau_parallax_px)`` instead: the median pixel residual of the matches under the
+    estimated rotation's homography, which a translating camera leaves. A pair whose matches
     do not move (see ``moves_as_commanded``) scores 0. The reward is the mean over pairs.
 
     Range ``[0, 1]``; floor ``0`` (flagged) when more than ``max_failed_fraction`` of the pairs have fewer
@@ -45,12 +47,14 @@ class PoseConsistencyReward(GeometricReward):
         tau_rot_degrees: float = 2.0,
         tau_trans_degrees: float = 20.0,
         threshold_px: float = 1.0,
+        tau_parallax_px: float = 1.0,
         **geometry_kwargs,
     ):
         super().__init__(**geometry_kwargs)
         self.tau_rot = tau_rot_degrees
         self.tau_trans = tau_trans_degrees
         self.threshold_px = threshold_px
+        self.tau_parallax = tau_parallax_px
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         geometry = self.geometry(video, cache)
@@ -58,7 +62,7 @@ class PoseConsistencyReward(GeometricReward):
         threshold = self.threshold_px * geometry.pixel_scale
         # Angular noise grows as the image shrinks (pixel noise over focal length): widen the tolerances.
         tau_rot, tau_trans = self.tau_rot / geometry.pixel_scale, self.tau_trans / geometry.pixel_scale
-        scores, rot_errors, trans_errors, failed, static = [], [], [], 0, 0
+        scores, rot_errors, trans_errors, parallaxes, failed, static = [], [], [], [], 0, 0
         estimated: dict[tuple[int, int], np.ndarray] = {}
         pairs = geometry.pairs()
         for i, j in pairs:
@@ -83,6 +87,10 @@ class PoseConsistencyReward(GeometricReward):
             if pair.translates:
                 score *= math.exp(-e_trans / tau_trans)
                 trans_errors.append(e_trans)
+            else:  # a commanded pure rotation: any parallax left after the estimated rotation is a translation
+                residual = rotation_transfer_error(pair.K_i, pair.K_j, R, matches.points_i, matches.points_j)
+                parallaxes.append(float(np.median(residual)))
+                score *= math.exp(-parallaxes[-1] / (self.tau_parallax * geometry.pixel_scale))
             if not moves_as_commanded(pair, matches.points_i, matches.points_j, max_depth):
                 static += 1
                 score = 0.0
@@ -94,6 +102,7 @@ class PoseConsistencyReward(GeometricReward):
         diagnostics = {
             "rot_err_deg": float(np.median(rot_errors)) if rot_errors else math.nan,
             "trans_dir_err_deg": float(np.median(trans_errors)) if trans_errors else math.nan,
+            "rotation_parallax_px": float(np.median(parallaxes)) if parallaxes else math.nan,
             "failed_pairs": failed / len(pairs),
             "static_pairs": static / len(pairs),
         }

@@ -77,9 +77,11 @@ def sampson_distance(F: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) 
     return np.abs(algebraic) / np.sqrt(np.maximum(denom, 1e-300))
 
 
-def rotation_transfer_error(pair: CommandedPair, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:
-    """Pixel error of the infinite homography ``K_j R K_i^-1`` (exact for a pure rotation), ``(N,)``."""
-    H = pair.K_j @ pair.R @ np.linalg.inv(pair.K_i)
+def rotation_transfer_error(
+    K_i: np.ndarray, K_j: np.ndarray, R: np.ndarray, points_i: np.ndarray, points_j: np.ndarray
+) -> np.ndarray:
+    """Pixel error of the infinite homography ``K_j R K_i^-1`` (exact for a pure rotation ``R``), ``(N,)``."""
+    H = K_j @ R @ np.linalg.inv(K_i)
     mapped = homogeneous(points_i) @ H.T
     return np.linalg.norm(mapped[:, :2] / mapped[:, 2:3] - points_j, axis=1)
 
@@ -123,8 +125,9 @@ def estimate_relative_pose(
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Relative pose from correspondences with the commanded intrinsics (USAC).
 
-    With ``rotation_only`` a homography is fitted in normalized coordinates and projected onto SO(3)
-    (the model of a pure rotation); otherwise the 5-point essential matrix and ``recoverPose``.
+    With ``rotation_only`` a homography fitted in normalized coordinates selects the inliers and the
+    rotation is the least-squares alignment of their viewing rays (Kabsch); otherwise the 5-point
+    essential matrix and ``recoverPose``.
 
     Returns:
         ``R (3, 3)``, the unit translation ``(3,)`` (None for a rotation) and the inlier count.
@@ -136,9 +139,10 @@ def estimate_relative_pose(
         H, mask = cv2.findHomography(n_i, n_j, cv2.USAC_ACCURATE, threshold)
         if H is None:
             raise cv2.error("homography estimation failed")
-        U, _, Vt = np.linalg.svd(H)
-        R = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
-        return R, None, int(mask.sum())
+        inliers = mask.ravel() > 0
+        rays_i, rays_j = bearings(pair.K_i, points_i[inliers]), bearings(pair.K_j, points_j[inliers])
+        U, _, Vt = np.linalg.svd(rays_j.T @ rays_i)
+        return U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt, None, int(inliers.sum())
     E, mask = cv2.findEssentialMat(n_i, n_j, np.eye(3), cv2.USAC_ACCURATE, 0.999, threshold)
     if E is None or E.shape[0] < 3:
         raise cv2.error("essential matrix estimation failed")

@@ -90,3 +90,12 @@ def test_point_cloud_exports_ply(large, tmp_path):
     assert not failed and value > 0.3
     plys = sorted(tmp_path.glob("*.ply"))
     assert len(plys) == 2 and plys[0].read_bytes().startswith(b"ply")
+
+
+def test_kornia_sift_is_a_drop_in_feature_option(large):
+    reward = EpipolarReward(method="kornia_sift", gaps=(4,))
+    cache: dict = {}
+    good, failed, _ = score(reward, large.video("forward_left"), large.cameras("forward_left"), cache)
+    bad, _, _ = score(reward, large.video("forward_right"), large.cameras("forward_left"))
+    assert not failed and good > 0.5 and good > bad + 0.3
+    assert next(iter(cache.values())).method == "kornia_sift"
