@@ -23,10 +23,9 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import torch
 from skimage import data as skdata
 
-from lyra_rl.fidelity import VARIANTS, Clip, folder_variants, load_frames_folder, procedural_clips, ranking_auc, score_clips
+from lyra_rl.fidelity import VARIANTS, folder_variants, load_frames_folder, procedural_clips, score_with_variants, variant_aucs
 from lyra_rl.reward import RewardSet
 from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
 
@@ -46,23 +45,8 @@ def make_reward_set(workers: int) -> RewardSet:
 
 
 def procedural_aucs(reward_set: RewardSet, seeds: range, height: int, width: int) -> dict[str, dict[str, float]]:
-    consistent: list[dict[str, torch.Tensor]] = []
-    broken: dict[str, list[dict[str, torch.Tensor]]] = {v: [] for v in VARIANTS}
-    for seed in seeds:
-        clip, variants = procedural_clips(seed, height, width)
-        clips = [clip] + [Clip(variants[v], clip.cam_from_world, clip.intrinsics, v) for v in VARIANTS]
-        scores = score_clips(reward_set, clips)
-        consistent.append({name: s[:1] for name, s in scores.items()})
-        for k, v in enumerate(VARIANTS):
-            broken[v].append({name: s[k + 1 : k + 2] for name, s in scores.items()})
-    names = [r.name for r in reward_set.rewards]
-    return {
-        name: {
-            v: ranking_auc(torch.cat([c[name] for c in consistent]), torch.cat([b[name] for b in broken[v]]))
-            for v in VARIANTS
-        }
-        for name in names
-    }
+    scored = [score_with_variants(reward_set, *procedural_clips(seed, height, width)) for seed in seeds]
+    return variant_aucs([c for c, _ in scored], [b for _, b in scored])
 
 
 def print_table(title: str, aucs: dict[str, dict[str, float]]) -> None:
@@ -95,13 +79,10 @@ def stereo_motorcycle_folder(root: Path) -> Path:
 
 
 def folder_scores(reward_set: RewardSet, folder: Path) -> dict[str, dict[str, float]]:
-    """Rewards of a real clip and of its broken variants: name -> {variant: score}."""
+    """Rewards of a real clip and of its broken variants: name -> {"consistent" or variant: score}."""
     clip = load_frames_folder(folder)
-    variants = folder_variants(clip)
-    clips = [clip] + [v if isinstance(v, Clip) else Clip(v, clip.cam_from_world, clip.intrinsics, k) for k, v in variants.items()]
-    scores = score_clips(reward_set, clips)
-    labels = ["consistent", *variants]
-    return {name: {label: float(s[k]) for k, label in enumerate(labels)} for name, s in scores.items()}
+    consistent, broken_scores = score_with_variants(reward_set, clip, folder_variants(clip))
+    return {name: {"consistent": value, **{v: broken_scores[v][name] for v in broken_scores}} for name, value in consistent.items()}
 
 
 def print_folder(title: str, scores: dict[str, dict[str, float]]) -> float:

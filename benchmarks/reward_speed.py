@@ -23,7 +23,7 @@ from lyra_rl.camera import Cameras
 from lyra_rl.fidelity import procedural_clips, ranking_auc
 from lyra_rl.reward import RewardSet
 from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
-from rewards.correspondences import CorrespondenceConfig, VideoGeometry
+from rewards.correspondences import VideoGeometry
 
 
 class NaiveVideoGeometry(VideoGeometry):
@@ -37,6 +37,9 @@ class NaiveVideoGeometry(VideoGeometry):
         return self._sift_matches(i, j)
 
 
+SUITE_GAPS = (1, 4)
+
+
 def make_rewards(gaps: tuple[int, ...]) -> list:
     kwargs = {"method": "sift", "gaps": gaps}
     return [PoseConsistencyReward(**kwargs), EpipolarReward(**kwargs), ReprojectionReward(**kwargs),
@@ -44,8 +47,7 @@ def make_rewards(gaps: tuple[int, ...]) -> list:
 
 
 def score_suite(rewards: list, video: torch.Tensor, cameras: Cameras) -> dict[str, float]:
-    cache: dict = {}
-    return {r.name: float(r(video[None], cameras, [""], caches=[cache]).rewards[0]) for r in rewards}
+    return {name: float(value[0]) for name, value in RewardSet(rewards)(video[None], cameras, [""]).rewards.items()}
 
 
 def score_naive(rewards: list, video: torch.Tensor, cameras: Cameras) -> dict[str, float]:
@@ -75,15 +77,15 @@ def main() -> None:
     num_clips, repeats, batch = (2, 1, 4) if args.quick else (args.clips, 3, args.batch)
     torch.set_num_threads(1)
     frames = 16
-    suite = make_rewards(gaps=CorrespondenceConfig().gaps)
-    naive = make_rewards(gaps=tuple(range(1, frames)))
+    suite = make_rewards(SUITE_GAPS)
+    naive = make_rewards(tuple(range(1, frames)))
 
     clips = [procedural_clips(seed, 256, 448, frames) for seed in range(2000, 2000 + num_clips)]
     samples = {"suite": {"consistent": [], "broken": []}, "naive": {"consistent": [], "broken": []}}
     times = {"suite": [], "naive": []}
     for clip, variants in clips:
         cameras = Cameras.from_trajectory(clip.cam_from_world, clip.intrinsics)
-        for label, video in (("consistent", clip.video), ("broken", variants["wrong_trajectory"]), ("broken", variants["frozen"])):
+        for label, video in (("consistent", clip.video), ("broken", variants["wrong_trajectory"].video), ("broken", variants["frozen"].video)):
             for name, rewards, fn in (("suite", suite, score_suite), ("naive", naive, score_naive)):
                 if name == "naive" and args.quick and times["naive"]:
                     continue  # --quick times the naive baseline on one video and skips its AUC
@@ -92,7 +94,7 @@ def main() -> None:
                 samples[name][label].append(result)
     per_video = {name: statistics.median(t) for name, t in times.items()}
     print(f"seconds per 16-frame 256x448 video (5 geometric rewards, median of {len(times['suite'])} videos):")
-    print(f"  suite (shared features, {len(suite[0].correspondences.gaps)} gaps): {per_video['suite']:.2f} s")
+    print(f"  suite (shared features, gaps {SUITE_GAPS}): {per_video['suite']:.2f} s")
     print(f"  naive (re-detect per pair, all {frames * (frames - 1) // 2} pairs, per reward): {per_video['naive']:.2f} s")
     print(f"{'AUC (wrong trajectory + frozen)':34s} {'suite':>8s} {'naive':>8s}")
     for reward in suite:
@@ -112,7 +114,7 @@ def main() -> None:
     cameras = Cameras.from_trajectory(clip.cam_from_world, clip.intrinsics, batch)
     throughput = {}
     for workers in (1, 2):
-        with RewardSet(make_rewards(CorrespondenceConfig().gaps), num_workers=workers) as reward_set:
+        with RewardSet(make_rewards(SUITE_GAPS), num_workers=workers) as reward_set:
             reward_set(videos[:workers], cameras[:workers], [""] * workers)  # start and warm the workers
             throughput[workers] = batch / timed(lambda: reward_set(videos, cameras, [""] * batch), repeats)
     print(f"RewardSet throughput, batch of {batch}: 1 worker {throughput[1]:.2f} videos/s, "

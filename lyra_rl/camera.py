@@ -63,14 +63,12 @@ class Cameras:
         return self.cam_from_world.shape[1]
 
     def __getitem__(self, index: int | slice) -> Cameras:
-        index = slice(index, index + 1) if isinstance(index, int) else index
+        """A sub-batch; an integer index keeps the batch dimension."""
+        index = slice(index, index + 1 or None) if isinstance(index, int) else index
         return Cameras(self.cam_from_world[index], self.intrinsics[index])
 
-    @staticmethod
-    def cat(cameras: list[Cameras]) -> Cameras:
-        return Cameras(
-            torch.cat([c.cam_from_world for c in cameras]), torch.cat([c.intrinsics for c in cameras])
-        )
+    def to(self, device: torch.device | str) -> Cameras:
+        return Cameras(self.cam_from_world.to(device), self.intrinsics.to(device))
 
 
 def skew(v: Tensor) -> Tensor:
@@ -78,6 +76,14 @@ def skew(v: Tensor) -> Tensor:
     x, y, z = v.unbind(-1)
     zero = torch.zeros_like(x)
     return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(*v.shape[:-1], 3, 3)
+
+
+def _vee(rotation: Tensor) -> Tensor:
+    """``(R - R^T)`` as a vector ``(*, 3)``: twice ``sin(angle)`` times the rotation axis."""
+    return torch.stack(
+        [rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
+         rotation[..., 1, 0] - rotation[..., 0, 1]], dim=-1,
+    )
 
 
 def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
@@ -91,18 +97,19 @@ def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
 def matrix_to_axis_angle(rotation: Tensor) -> Tensor:
     """Rotation matrices ``(*, 3, 3)`` to rotation vectors ``(*, 3)`` (radians, angle in ``[0, pi]``)."""
     angle = rotation_angle(rotation)
-    vee = torch.stack(
-        [rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
-         rotation[..., 1, 0] - rotation[..., 0, 1]], dim=-1,
-    )
+    vee = _vee(rotation)
     near_pi = angle > math.pi - 1e-3
-    # Away from pi the skew part gives the axis; near pi, use the column of (R + I) with largest norm.
+    # Away from pi the skew part gives the axis; near pi, the largest column of the symmetric part
+    # (R + R^T) / 2 - cos(angle) I = (1 - cos(angle)) k k^T.
     axis = vee / vee.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     if near_pi.any():
-        sym = rotation + torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+        sym = (rotation + rotation.transpose(-1, -2)) / 2 - torch.cos(angle)[..., None, None] * eye
         col = sym.norm(dim=-2).argmax(dim=-1)
         axis_pi = torch.gather(sym, -1, col[..., None, None].expand(*col.shape, 3, 1)).squeeze(-1)
         axis_pi = axis_pi / axis_pi.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        # k k^T fixes the axis up to sign; the skew part, though small, still carries it.
+        axis_pi = axis_pi * torch.where((axis_pi * vee).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(axis_pi)
         axis = torch.where(near_pi[..., None], axis_pi, axis)
     return axis * angle[..., None]
 
@@ -113,10 +120,7 @@ def rotation_angle(rotation: Tensor) -> Tensor:
     Uses ``atan2(|vee(R - R^T)| / 2, (tr R - 1) / 2)``, accurate near 0 and pi unlike ``arccos``.
     """
     cos = (rotation.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
-    sin = torch.stack(
-        [rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
-         rotation[..., 1, 0] - rotation[..., 0, 1]], dim=-1,
-    ).norm(dim=-1) / 2
+    sin = _vee(rotation).norm(dim=-1) / 2
     return torch.atan2(sin, cos)
 
 
@@ -157,22 +161,6 @@ def relative_to_first(cam_from_world: Tensor) -> Tensor:
 def relative_pose(cam_from_world_i: Tensor, cam_from_world_j: Tensor) -> Tensor:
     """``j_from_i = T_j T_i^-1``, shape ``(*, 4, 4)``: maps camera-i coordinates to camera-j coordinates."""
     return cam_from_world_j @ invert_pose(cam_from_world_i)
-
-
-def project(points: Tensor, intrinsics: Tensor, cam_from_world: Tensor) -> tuple[Tensor, Tensor]:
-    """Projects world points ``(*, N, 3)`` to pixels.
-
-    Args:
-        points: world points with shape :math:`(*, N, 3)`.
-        intrinsics: :math:`(*, 3, 3)` pixel intrinsics.
-        cam_from_world: :math:`(*, 4, 4)` extrinsics.
-
-    Returns:
-        Pixel coordinates ``(*, N, 2)`` (OpenCV pixel-center convention) and camera depths ``(*, N)``.
-    """
-    cam = points @ cam_from_world[..., :3, :3].transpose(-1, -2) + cam_from_world[..., None, :3, 3]
-    pix = cam @ intrinsics.transpose(-1, -2)
-    return pix[..., :2] / pix[..., 2:3], cam[..., 2]
 
 
 def default_intrinsics(height: int, width: int, fov_x_degrees: float = 70.0) -> Tensor:
@@ -255,7 +243,7 @@ def resample_trajectory(cam_from_world: Tensor, times: Tensor) -> Tensor:
 
 def opengl_to_opencv(world_from_cam_gl: Tensor) -> Tensor:
     """OpenGL/Blender camera-to-world ``(*, 4, 4)`` (x right, y up, z back) to OpenCV ``cam_from_world``."""
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=world_from_cam_gl.dtype))
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=world_from_cam_gl.dtype, device=world_from_cam_gl.device))
     return invert_pose(world_from_cam_gl @ flip)
 
 
@@ -277,10 +265,9 @@ def from_multicam_extrinsics(data: dict, camera: str, frames: list[int] | None =
     world_from_cam = mats.transpose(-1, -2)[:, :, [1, 2, 0, 3]]
     world_from_cam[:, :3, 1] *= -1
     world_from_cam[:, :3, 3] /= 100
-    # Unreal's world is left-handed, so each camera basis above is a reflection; relative poses are proper.
-    cam_from_world = torch.linalg.inv(world_from_cam)
-    relative = cam_from_world @ torch.linalg.inv(cam_from_world[:1])
-    return relative.float()
+    # Unreal's world is left-handed, so each camera basis above is a reflection (still orthogonal, so
+    # invert_pose is exact); relative poses are proper rotations.
+    return relative_to_first(invert_pose(world_from_cam)).float()
 
 
 def from_realestate10k(lines: list[str], height: int, width: int) -> tuple[Tensor, Tensor]:

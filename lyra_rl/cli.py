@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory
-from .reward import RewardSet, available_rewards
+from .reward import RewardSet, available_rewards, resolve_reward_class
 from .video import plot_trajectories, read_video
 
 DEFAULT_REWARDS = ("pose_consistency", "epipolar", "reprojection", "feature_matching", "point_cloud")
@@ -29,12 +30,18 @@ def _intrinsics(args: argparse.Namespace, height: int, width: int) -> torch.Tens
     return default_intrinsics(height, width, args.fov)
 
 
+def _accepts(reward_name: str, option: str) -> bool:
+    """Whether a reward's constructor takes ``option`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(resolve_reward_class(reward_name)).parameters.values()
+    return any(p.name == option or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def score(args: argparse.Namespace) -> int:
     video, _ = read_video(args.video, args.max_frames)
     num_frames, _, height, width = video.shape
     trajectory = get_trajectory(args.direction, num_frames, distance=args.distance, angle_degrees=args.angle)
     cameras = Cameras.from_trajectory(trajectory, _intrinsics(args, height, width))
-    reward_kwargs = {name: {"method": args.method} for name in args.rewards if name != "perceptual"}
+    reward_kwargs = {name: {"method": args.method} for name in args.rewards if args.method and _accepts(name, "method")}
     with RewardSet.from_names(args.rewards, reward_kwargs=reward_kwargs) as reward_set:
         out = reward_set(video[None], cameras, [args.prompt])
     rows = {name: {"reward": float(out.rewards[name][0]), "failed": bool(out.failed[name][0])} for name in out.rewards}
@@ -65,7 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=70.0, help="horizontal field of view in degrees, if no --intrinsics")
     p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="pixel intrinsics")
     p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names or module:Class paths")
-    p.add_argument("--method", default="auto", choices=("auto", "sift", "kornia_sift", "flow"), help="correspondences")
+    p.add_argument("--method", choices=("auto", "sift", "kornia_sift", "flow"),
+                   help="correspondences of the geometric rewards (default: their own, auto)")
     p.add_argument("--prompt", default="", help="the prompt the video was generated from")
     p.add_argument("--max-frames", type=int, help="score only the first N frames")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

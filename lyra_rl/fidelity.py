@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .camera import DIRECTIONS, Cameras, default_intrinsics, relative_to_first, resample_trajectory, trajectory_preset, yaw_matrix
+from .camera import (
+    DIRECTIONS,
+    Cameras,
+    default_intrinsics,
+    make_pose,
+    relative_to_first,
+    resample_trajectory,
+    trajectory_preset,
+    yaw_matrix,
+)
 from .data import broken
 from .data.scenes import make_scene, render
 from .reward import RewardSet
@@ -44,8 +53,8 @@ class Clip:
 
 def procedural_clips(
     seed: int, height: int, width: int, num_frames: int = 16, direction: str | None = None
-) -> tuple[Clip, dict[str, Tensor]]:
-    """A consistent clip of scene ``seed`` along a preset, and its broken variants (videos ``(T, 3, H, W)``).
+) -> tuple[Clip, dict[str, Clip]]:
+    """A consistent clip of scene ``seed`` along a preset, and its broken variants (scored against the same cameras).
 
     The direction cycles through the seven presets with the seed unless given. Variants: rendered along
     another preset (``wrong_trajectory``) or with an ease-in speed profile (``wrong_speed``), temporally
@@ -60,7 +69,7 @@ def procedural_clips(
     others = [d for d in DIRECTIONS if d != direction]
     wrong = others[int(torch.randint(len(others), (1,), generator=generator))]
     progress = torch.linspace(0, 1, num_frames)
-    variants = {
+    videos = {
         "wrong_trajectory": render(scene, trajectory_preset(wrong, num_frames), K, height, width).frames,
         "shuffled": broken.shuffle_frames(video, generator),
         "frozen": broken.freeze_frames(video),
@@ -70,7 +79,7 @@ def procedural_clips(
         "blurred": broken.blur(video, 0.03 * width),
     }
     clip = Clip(video, trajectory, K.expand(num_frames, 3, 3).clone(), f"scene {seed} {direction}")
-    return clip, variants
+    return clip, {name: Clip(v, clip.cam_from_world, clip.intrinsics, name) for name, v in videos.items()}
 
 
 def load_frames_folder(folder: str | Path) -> Clip:
@@ -98,35 +107,58 @@ def load_frames_folder(folder: str | Path) -> Clip:
     return Clip(video, cam_from_world, intrinsics, str(folder))
 
 
-def folder_variants(clip: Clip, seed: int = 0, drift_degrees: float = 5.0) -> dict[str, Tensor | Clip]:
+def folder_variants(clip: Clip, seed: int = 0, drift_degrees: float = 5.0) -> dict[str, Clip]:
     """Broken variants of a user clip: image-space ones, and the same video under a wrong trajectory.
 
-    ``wrong_trajectory`` keeps the video but commands cameras that drift by ``drift_degrees`` of yaw over
-    the clip (returned as a :class:`Clip`); the frame order reversed serves as the cross-fade partner.
+    ``wrong_trajectory`` keeps the video but commands cameras that yaw away, about their own centers, by
+    up to ``drift_degrees`` over the clip; the frame order reversed serves as the cross-fade partner.
     """
     generator = torch.Generator().manual_seed(seed)
-    num_frames = len(clip.video)
-    drift = yaw_matrix(torch.linspace(0, math.radians(drift_degrees), num_frames, dtype=torch.float64)).float()
-    wrong = clip.cam_from_world.clone()
-    wrong[:, :3, :3] = drift.transpose(-1, -2) @ wrong[:, :3, :3]
-    variants: dict[str, Tensor | Clip] = {
-        "wrong_trajectory": Clip(clip.video, wrong, clip.intrinsics, clip.label),
+    num_frames, width = len(clip.video), clip.video.shape[-1]
+    drift = yaw_matrix(torch.linspace(0, math.radians(drift_degrees), num_frames, dtype=torch.float64))
+    wrong = (make_pose(drift.transpose(-1, -2), torch.zeros(num_frames, 3, dtype=torch.float64)) @ clip.cam_from_world.double()).float()
+    videos = {
         "frozen": broken.freeze_frames(clip.video),
-        "warped": broken.warp_nonrigid(clip.video, 0.04 * clip.video.shape[-1], generator),
+        "warped": broken.warp_nonrigid(clip.video, 0.04 * width, generator),
         "crossfade": broken.crossfade(clip.video, clip.video.flip(0)),
-        "blurred": broken.blur(clip.video, 0.03 * clip.video.shape[-1]),
+        "blurred": broken.blur(clip.video, 0.03 * width),
     }
     if num_frames > 2:
-        variants["shuffled"] = broken.shuffle_frames(clip.video, generator)
+        videos["shuffled"] = broken.shuffle_frames(clip.video, generator)
+    variants = {"wrong_trajectory": Clip(clip.video, wrong, clip.intrinsics, "wrong_trajectory")}
+    variants.update({name: Clip(v, clip.cam_from_world, clip.intrinsics, name) for name, v in videos.items()})
     return variants
 
 
-def score_clips(reward_set: RewardSet, clips: list[Clip]) -> dict[str, Tensor]:
-    """Scores clips of equal shape in one batch; reward name -> ``(N,)`` (NaN where not applicable)."""
+def score_with_variants(
+    reward_set: RewardSet, clip: Clip, variants: dict[str, Clip]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Scores a clip and its variants in one batch.
+
+    Returns:
+        reward name -> score of the clip, and variant -> reward name -> score (NaN: not applicable).
+    """
+    clips = [clip, *variants.values()]
     videos = torch.stack([c.video for c in clips])
     cameras = Cameras(torch.stack([c.cam_from_world for c in clips]), torch.stack([c.intrinsics for c in clips]))
-    images = videos[:, 0]
-    return reward_set(videos, cameras, [""] * len(clips), images=images).rewards
+    scores = reward_set(videos, cameras, [""] * len(clips)).rewards
+    consistent = {name: float(s[0]) for name, s in scores.items()}
+    broken_scores = {v: {name: float(s[k + 1]) for name, s in scores.items()} for k, v in enumerate(variants)}
+    return consistent, broken_scores
+
+
+def variant_aucs(
+    consistent: list[dict[str, float]], broken_scores: list[dict[str, dict[str, float]]]
+) -> dict[str, dict[str, float]]:
+    """Reward -> variant -> AUC over clips, from what :func:`score_with_variants` returned per clip."""
+    variants = list(broken_scores[0])
+    return {
+        name: {
+            v: ranking_auc(torch.tensor([c[name] for c in consistent]), torch.tensor([b[v][name] for b in broken_scores]))
+            for v in variants
+        }
+        for name in consistent[0]
+    }
 
 
 def ranking_auc(consistent: Tensor, broken_scores: Tensor) -> float:

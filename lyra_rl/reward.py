@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,9 +99,10 @@ def validate_inputs(videos: Tensor, cameras: Cameras, prompts: Sequence[str], im
 class VideoReward:
     """Base class for rewards that score each video of a batch on its own.
 
-    Subclasses set ``name`` and ``floor`` and implement :meth:`score_video`, which may raise
-    :class:`EstimationError` (or OpenCV / linear-algebra errors) on a video it cannot score; the batch
-    call turns that into ``floor`` with ``failed=True`` and logs a warning.
+    Subclasses set ``name`` and ``floor`` and implement :meth:`score_video`, which raises
+    :class:`EstimationError` on a video it cannot score; the batch call turns that into ``floor`` with
+    ``failed=True`` and logs a warning. Any other exception is a bug and propagates. Inputs are moved to
+    the CPU once, here.
     """
 
     name: str = "reward"
@@ -128,6 +128,8 @@ class VideoReward:
         caches: Sequence[dict] | None = None,
     ) -> RewardOutput:
         validate_inputs(videos, cameras, prompts, images)
+        videos, cameras = videos.detach().cpu(), cameras.to("cpu")
+        images = None if images is None else images.detach().cpu()
         caches = caches if caches is not None else [{} for _ in range(len(videos))]
         values, failed, diags = [], [], []
         for b in range(len(videos)):
@@ -137,7 +139,7 @@ class VideoReward:
                     image=None if images is None else images[b], cache=caches[b],
                 )
                 ok = True
-            except (EstimationError, np.linalg.LinAlgError, _cv2_error()) as error:
+            except EstimationError as error:
                 logger.warning("%s could not score video %d (%s); using floor %.3g", self.name, b, error, self.floor)
                 value, diag, ok = self.floor, {}, False
             values.append(value)
@@ -146,14 +148,6 @@ class VideoReward:
         keys = sorted({k for d in diags for k in d})
         diagnostics = {k: torch.tensor([d.get(k, math.nan) for d in diags], dtype=torch.float32) for k in keys}
         return RewardOutput(torch.tensor(values, dtype=torch.float32), torch.tensor(failed), diagnostics)
-
-
-def _cv2_error() -> type[BaseException]:
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - opencv is a dependency, but the core does not require it
-        return EstimationError
-    return cv2.error
 
 
 def available_rewards() -> list[str]:
@@ -287,6 +281,8 @@ class RewardSet:
         self, videos: Tensor, cameras: Cameras, prompts: Sequence[str], *, images: Tensor | None = None
     ) -> RewardSetOutput:
         validate_inputs(videos, cameras, prompts, images)
+        videos, cameras = videos.detach().cpu(), cameras.to("cpu")
+        images = None if images is None else images.detach().cpu()
         args = [
             (videos[b : b + 1], cameras[b], prompts[b], None if images is None else images[b : b + 1])
             for b in range(len(videos))

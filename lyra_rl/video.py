@@ -21,14 +21,13 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video at {path}")
-    reader = imageio.get_reader(path, "ffmpeg")
-    fps = float(reader.get_meta_data().get("fps", 16.0))
     frames = []
-    for k, frame in enumerate(reader):
-        if max_frames is not None and k >= max_frames:
-            break
-        frames.append(np.asarray(frame)[..., :3])
-    reader.close()
+    with imageio.get_reader(path, "ffmpeg") as reader:
+        fps = float(reader.get_meta_data().get("fps", 16.0))
+        for k, frame in enumerate(reader):
+            if max_frames is not None and k >= max_frames:
+                break
+            frames.append(np.asarray(frame)[..., :3])
     if not frames:
         raise ValueError(f"{path} holds no frames")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255, fps
@@ -51,6 +50,8 @@ def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = len(trajectories)
+    centers_all = np.concatenate([invert_pose(t.double()).numpy()[:, :3, 3] for t in trajectories.values()])
+    half = max(1.0, float(np.abs(centers_all[:, [0, 2]]).max()) * 1.15)
     fig, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.6), squeeze=False)
     for ax, (name, cam_from_world) in zip(axes[0], trajectories.items()):
         world_from_cam = invert_pose(cam_from_world.double()).numpy()
@@ -58,12 +59,12 @@ def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: 
         ax.plot(centers[:, 0], centers[:, 2], "-", color="tab:blue")
         step = max(1, len(centers) // 8)
         ax.quiver(centers[::step, 0], centers[::step, 2], forward[::step, 0], forward[::step, 2],
-                  angles="xy", scale_units="xy", scale=4, width=0.012, color="tab:red")
+                  angles="xy", scale_units="xy", scale=4 / half, width=0.012, color="tab:red")
         ax.plot(centers[0, 0], centers[0, 2], "ko", markersize=3)
         ax.set_title(name, fontsize=9)
         ax.set_aspect("equal")
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(-0.3, 1.9)
+        ax.set_xlim(-half, half)
+        ax.set_ylim(-0.3 * half, 1.9 * half)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("x", fontsize=7)
     axes[0][0].set_ylabel("z (forward)", fontsize=7)

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
-from lyra_rl.fidelity import VARIANTS, Clip, procedural_clips, ranking_auc, score_clips  # noqa: E402
+from lyra_rl.fidelity import VARIANTS, procedural_clips, score_with_variants, variant_aucs  # noqa: E402
 from lyra_rl.reward import RewardSet  # noqa: E402
 from lyra_rl.video import plot_trajectories, write_video  # noqa: E402
 
@@ -60,16 +60,20 @@ class ScoreProceduralConfig:
             raise ValueError("num_scenes must be >= 1 and num_frames >= 3 (three-view rewards need three frames)")
 
 
-def write_report(config: ScoreProceduralConfig, consistent: dict, broken: dict, out: Path) -> None:
-    names = list(consistent)
-    aucs = {n: {v: ranking_auc(torch.tensor(consistent[n]), torch.tensor(broken[v][n])) for v in VARIANTS} for n in names}
+def write_report(config: ScoreProceduralConfig, consistent: list[dict], broken: list[dict], out: Path) -> None:
+    """``consistent``/``broken``: per scene, what :func:`score_with_variants` returned."""
+    aucs = variant_aucs(consistent, broken)
+    names = list(aucs)
     mean = lambda xs: float(torch.tensor(xs).nanmean())  # noqa: E731
     lines = [
         f"# Reward report: {config.num_scenes} procedural scenes, {config.num_frames} frames at {config.width}x{config.height}",
         "", "## Mean reward (higher is better)", "",
         "| reward | consistent | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 2) + "|",
     ]
-    lines += [f"| {n} | {mean(consistent[n]):.3f} | " + " | ".join(f"{mean(broken[v][n]):.3f}" for v in VARIANTS) + " |" for n in names]
+    lines += [
+        f"| {n} | {mean([c[n] for c in consistent]):.3f} | " + " | ".join(f"{mean([b[v][n] for b in broken]):.3f}" for v in VARIANTS) + " |"
+        for n in names
+    ]
     lines += ["", "## AUC of ranking the consistent clip above the broken one", "",
               "| reward | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(f"{aucs[n][v]:.2f}" for v in VARIANTS) + " |" for n in names]
@@ -91,25 +95,20 @@ def write_report(config: ScoreProceduralConfig, consistent: dict, broken: dict, 
 def main(config: ScoreProceduralConfig) -> Path:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reward_kwargs = dict(config.reward_kwargs or {})
+    reward_kwargs = {name: dict(options) for name, options in (config.reward_kwargs or {}).items()}
     if "point_cloud" in config.rewards:
         reward_kwargs.setdefault("point_cloud", {}).setdefault("export_dir", str(out / "point_clouds"))
+    consistent, broken = [], []
     with RewardSet.from_names(config.rewards, config.reward_weights, reward_kwargs, config.num_workers) as reward_set:
-        names = [r.name for r in reward_set.rewards]
-        consistent: dict[str, list[float]] = {n: [] for n in names}
-        broken: dict[str, dict[str, list[float]]] = {v: {n: [] for n in names} for v in VARIANTS}
         for seed in tqdm(range(config.first_seed, config.first_seed + config.num_scenes), desc="scenes", unit="scene"):
             clip, variants = procedural_clips(seed, config.height, config.width, config.num_frames)
-            clips = [clip] + [Clip(variants[v], clip.cam_from_world, clip.intrinsics, v) for v in VARIANTS]
-            scores = score_clips(reward_set, clips)
-            for n in names:
-                consistent[n].append(float(scores[n][0]))
-                for k, v in enumerate(VARIANTS):
-                    broken[v][n].append(float(scores[n][k + 1]))
+            scene_consistent, scene_broken = score_with_variants(reward_set, clip, variants)
+            consistent.append(scene_consistent)
+            broken.append(scene_broken)
             if seed == config.first_seed:
                 write_video(out / "videos" / "consistent.mp4", clip.video)
-                for v in VARIANTS:
-                    write_video(out / "videos" / f"{v}.mp4", variants[v])
+                for name, variant in variants.items():
+                    write_video(out / "videos" / f"{name}.mp4", variant.video)
                 plot_trajectories({clip.label: clip.cam_from_world}, out / "videos" / "commanded_path.png")
     write_report(config, consistent, broken, out)
     return out

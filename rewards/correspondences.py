@@ -8,7 +8,7 @@ Two sources, chosen by resolution or config:
       tensor). Small, soft videos (64x96 to 128x224, what tiny or half-trained world models make) give
       SIFT too few keypoints; flow still gives hundreds of correspondences there.
 
-Pairs are consecutive and strided: ``(i, i + g)`` for every gap ``g`` in ``gaps``.
+Pairs are consecutive and strided: ``(i, i + g)`` for every gap ``g`` of the reward asking.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
-import kornia.feature as KF
 import numpy as np
 import torch
 from torch import Tensor
 
 from lyra_rl.reward import VideoReward
 
-from .two_view import path_length
+from .two_view import CommandedCameras, get_commanded, moves_as_commanded
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,6 @@ class CorrespondenceConfig:
         method: ``"sift"`` (OpenCV), ``"kornia_sift"`` (kornia's differentiable SIFT; about 20x slower on
             CPU), ``"flow"`` or ``"auto"`` (OpenCV SIFT when the shorter side is >= ``auto_min_side``, else
             flow).
-        gaps: frame gaps of the scored pairs.
         max_features: SIFT keypoints per frame.
         ratio: Lowe ratio-test threshold.
         flow_step: grid stride in pixels for flow correspondences.
@@ -44,7 +42,6 @@ class CorrespondenceConfig:
     """
 
     method: str = "auto"
-    gaps: tuple[int, ...] = (1, 4)
     max_features: int = 2000
     ratio: float = 0.8
     flow_step: int = 4
@@ -55,8 +52,6 @@ class CorrespondenceConfig:
     def __post_init__(self) -> None:
         if self.method not in ("sift", "kornia_sift", "flow", "auto"):
             raise ValueError(f"method must be 'sift', 'kornia_sift', 'flow' or 'auto', got {self.method!r}")
-        if not self.gaps or min(self.gaps) < 1:
-            raise ValueError(f"gaps must be positive frame gaps, got {self.gaps}")
 
     def resolve(self, height: int, width: int) -> str:
         if self.method != "auto":
@@ -107,15 +102,15 @@ class VideoGeometry:
         self._flows: dict[tuple[int, int], np.ndarray] = {}
         self._texture: dict[int, np.ndarray] = {}
         self._matches: dict[tuple[int, int], Matches] = {}
+        self._kornia_sift = None
 
     @property
     def pixel_scale(self) -> float:
         """Pixel tolerances are given at 448 px width; they scale with the image, down to one half."""
         return max(max(self.height, self.width) / 448, 0.5)
 
-    def pairs(self, gaps: tuple[int, ...] | None = None) -> list[tuple[int, int]]:
+    def pairs(self, gaps: tuple[int, ...]) -> list[tuple[int, int]]:
         """Scored pairs ``(i, i + g)``, ordered by gap then by i."""
-        gaps = self.config.gaps if gaps is None else gaps
         return [(i, i + g) for g in gaps for i in range(self.num_frames - g)]
 
     def matches(self, i: int, j: int) -> Matches:
@@ -127,9 +122,13 @@ class VideoGeometry:
         """SIFT keypoint coordinates ``(N, 2)`` and descriptors ``(N, 128)`` float32 of frame i."""
         if i not in self._features:
             if self.method == "kornia_sift":
+                import kornia.feature as KF  # only this option needs kornia
+
+                if self._kornia_sift is None:
+                    self._kornia_sift = KF.SIFTFeature(num_features=self.config.max_features)
                 image = torch.from_numpy(self.gray[i]).float()[None, None] / 255
                 with torch.no_grad():
-                    lafs, _, descriptors = KF.SIFTFeature(num_features=self.config.max_features)(image)
+                    lafs, _, descriptors = self._kornia_sift(image)
                 points = KF.get_laf_center(lafs)[0].double().numpy()
                 self._features[i] = (points, descriptors[0].numpy().astype(np.float32))
             else:
@@ -209,11 +208,12 @@ def get_geometry(video: Tensor, config: CorrespondenceConfig, cache: dict) -> Vi
 
 
 class GeometricReward(VideoReward):
-    """Base of the rewards that read shared correspondences.
+    """Base of the rewards that read shared correspondences and the commanded cameras.
 
     Args:
-        method, gaps: see :class:`CorrespondenceConfig`; rewards of one set that agree on these share the
-            same features and matches.
+        method: see :class:`CorrespondenceConfig`; rewards of one set that agree on it share the same
+            features, flows and matches (whatever their gaps).
+        gaps: frame gaps of the scored pairs ``(i, i + g)``.
         min_matches: pairs with fewer correspondences count as failed pairs.
         max_failed_fraction: a video whose failed-pair fraction exceeds this gets the floor and a flag.
         min_translation: commanded baselines shorter than this (trajectory units) count as pure rotations.
@@ -230,15 +230,26 @@ class GeometricReward(VideoReward):
         min_translation: float = 1e-4,
         max_depth_over_path: float = 10.0,
     ):
-        self.correspondences = CorrespondenceConfig(method=method, gaps=tuple(gaps))
+        if not gaps or min(gaps) < 1:
+            raise ValueError(f"gaps must be positive frame gaps, got {gaps}")
+        self.correspondences = CorrespondenceConfig(method=method)
+        self.gaps = tuple(gaps)
         self.min_matches = min_matches
         self.max_failed_fraction = max_failed_fraction
         self.min_translation = min_translation
         self.max_depth_over_path = max_depth_over_path
 
-    def max_depth(self, cam_from_world: Tensor) -> float:
-        """Deepest scene the static guard allows for a commanded trajectory ``(T, 4, 4)``."""
-        return self.max_depth_over_path * max(path_length(cam_from_world), 1e-9)
-
     def geometry(self, video: Tensor, cache: dict) -> VideoGeometry:
         return get_geometry(video, self.correspondences, cache)
+
+    def commanded(self, cam_from_world: Tensor, intrinsics: Tensor, cache: dict) -> CommandedCameras:
+        return get_commanded(cam_from_world, intrinsics, self.min_translation, cache)
+
+    def moves_as_commanded(self, geometry: VideoGeometry, commanded: CommandedCameras, i: int, j: int, cache: dict) -> bool:
+        """The static-video guard for pair ``(i, j)``, computed once per video for all rewards that agree."""
+        key = ("moves_as_commanded", geometry.config, commanded.min_translation, self.max_depth_over_path, i, j)
+        if key not in cache:
+            matches = geometry.matches(i, j)
+            max_depth = self.max_depth_over_path * max(commanded.path_length, 1e-9)
+            cache[key] = moves_as_commanded(commanded.pair(i, j), matches.points_i, matches.points_j, max_depth)
+        return cache[key]

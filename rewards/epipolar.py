@@ -10,14 +10,7 @@ from torch import Tensor
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import (
-    commanded_pair,
-    fundamental_from_pose,
-    grid_coverage,
-    moves_as_commanded,
-    rotation_transfer_error,
-    sampson_distance,
-)
+from .two_view import fundamental_from_pose, grid_coverage, rotation_transfer_error, sampson_distance
 
 
 class EpipolarReward(GeometricReward):
@@ -50,10 +43,9 @@ class EpipolarReward(GeometricReward):
         self.min_coverage = min_coverage
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry = self.geometry(video, cache)
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         tau = self.tau_px * geometry.pixel_scale
-        max_depth = self.max_depth(cam_from_world)
-        pairs = geometry.pairs()
+        pairs = geometry.pairs(self.gaps)
         scores, medians, consistent, failed, static = [], [], [], 0, 0
         for i, j in pairs:
             matches = geometry.matches(i, j)
@@ -61,16 +53,15 @@ class EpipolarReward(GeometricReward):
                 failed += 1
                 scores.append(0.0)
                 continue
-            pair = commanded_pair(cam_from_world, intrinsics, i, j, self.min_translation)
+            pair = commanded.pair(i, j)
             if pair.translates:
-                F = fundamental_from_pose(pair.K_i, pair.K_j, pair.R, pair.t)
-                distances = sampson_distance(F, matches.points_i, matches.points_j)
+                distances = sampson_distance(fundamental_from_pose(pair), matches.points_i, matches.points_j)
             else:
-                distances = rotation_transfer_error(pair.K_i, pair.K_j, pair.R, matches.points_i, matches.points_j)
+                distances = rotation_transfer_error(pair, pair.R, matches.points_i, matches.points_j)
             median = float(np.median(distances))
             coverage = grid_coverage(matches.points_i, geometry.height, geometry.width)
             score = math.exp(-median / tau) * min(1.0, coverage / self.min_coverage)
-            if not moves_as_commanded(pair, matches.points_i, matches.points_j, max_depth):
+            if not self.moves_as_commanded(geometry, commanded, i, j, cache):
                 static += 1
                 score = 0.0
             scores.append(score)

@@ -11,7 +11,7 @@ from torch import Tensor
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, grid_coverage, moves_as_commanded
+from .two_view import fundamental_inliers, grid_coverage
 
 
 class FeatureMatchingReward(GeometricReward):
@@ -48,27 +48,24 @@ class FeatureMatchingReward(GeometricReward):
         self.min_sharpness = min_sharpness
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry = self.geometry(video, cache)
-        scale = geometry.pixel_scale
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         target = max(20.0, self.target_inliers * geometry.height * geometry.width / (256 * 448))
-        max_depth = self.max_depth(cam_from_world)
-        pairs = geometry.pairs()
+        pairs = geometry.pairs(self.gaps)
         scores, ratios, counts, coverages, failed, static = [], [], [], [], 0, 0
         for i, j in pairs:
             matches = geometry.matches(i, j)
-            if len(matches) < self.min_matches:
+            try:
+                if len(matches) < self.min_matches:
+                    raise EstimationError("too few matches")
+                inliers = fundamental_inliers(matches.points_i, matches.points_j, self.threshold_px * geometry.pixel_scale)
+            except EstimationError:
                 failed += 1
                 scores.append(0.0)
                 continue
-            _, mask = cv2.findFundamentalMat(
-                matches.points_i, matches.points_j, cv2.USAC_ACCURATE, self.threshold_px * scale, 0.999
-            )
-            inliers = np.zeros(len(matches), bool) if mask is None else mask.ravel() > 0
             ratio, count = float(inliers.mean()), int(inliers.sum())
             coverage = grid_coverage(matches.points_i[inliers], geometry.height, geometry.width)
             score = ratio * min(1.0, count / target) * min(1.0, coverage / self.min_coverage)
-            pair = commanded_pair(cam_from_world, intrinsics, i, j, self.min_translation)
-            if not moves_as_commanded(pair, matches.points_i, matches.points_j, max_depth):
+            if not self.moves_as_commanded(geometry, commanded, i, j, cache):
                 static += 1
                 score = 0.0
             scores.append(score)

@@ -10,10 +10,11 @@ import numpy as np
 import open3d as o3d
 from torch import Tensor
 
+from lyra_rl.camera import camera_centers
 from lyra_rl.reward import EstimationError
 
-from .correspondences import GeometricReward
-from .two_view import commanded_pair, project, triangulate
+from .correspondences import GeometricReward, VideoGeometry
+from .two_view import CommandedCameras, project, triangulate
 
 
 class PointCloudReward(GeometricReward):
@@ -49,13 +50,13 @@ class PointCloudReward(GeometricReward):
         self.export_dir = Path(export_dir) if export_dir else None
         self._exported = 0
 
-    def _half_cloud(self, geometry, cam_from_world, intrinsics, frames: range) -> np.ndarray | None:
+    def _half_cloud(self, geometry: VideoGeometry, commanded: CommandedCameras, frames: range) -> np.ndarray | None:
         """World points ``(N, 3)`` triangulated in one half; None if no pair there has a baseline."""
         points, depths, translating = [np.zeros((0, 3))], [np.zeros(0)], False
-        for i, j in geometry.pairs():
+        for i, j in geometry.pairs(self.gaps):
             if i not in frames or j not in frames:
                 continue
-            pair = commanded_pair(cam_from_world, intrinsics, i, j, self.min_translation)
+            pair = commanded.pair(i, j)
             if not pair.translates:
                 continue
             translating = True
@@ -74,10 +75,10 @@ class PointCloudReward(GeometricReward):
         return points[depths < self.max_depth_factor * np.median(depths)] if len(depths) else points
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry = self.geometry(video, cache)
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         half = geometry.num_frames // 2
         clouds = [
-            self._half_cloud(geometry, cam_from_world, intrinsics, frames)
+            self._half_cloud(geometry, commanded, frames)
             for frames in (range(0, half), range(half, geometry.num_frames))
         ]
         if any(c is None for c in clouds):
@@ -91,9 +92,9 @@ class PointCloudReward(GeometricReward):
             cleaned.append(cloud)
         a, b = cleaned
         distances = np.concatenate([np.asarray(a.compute_point_cloud_distance(b)), np.asarray(b.compute_point_cloud_distance(a))])
-        centers = np.concatenate([np.asarray(a.points), np.asarray(b.points)])
-        origin = -cam_from_world[0, :3, :3].double().numpy().T @ cam_from_world[0, :3, 3].double().numpy()
-        scale = float(np.median(np.linalg.norm(centers - origin, axis=1)))
+        points = np.concatenate([np.asarray(a.points), np.asarray(b.points)])
+        origin = camera_centers(cam_from_world[0].double()).numpy()
+        scale = float(np.median(np.linalg.norm(points - origin, axis=1)))
         relative = float(np.median(distances)) / max(scale, 1e-9)
         if self.export_dir is not None:
             self.export_dir.mkdir(parents=True, exist_ok=True)

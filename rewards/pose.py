@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from lyra_rl.camera import invert_pose, make_pose, pairwise_pose_errors, trajectory_errors
+from lyra_rl.camera import make_pose, pairwise_pose_errors, trajectory_errors
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, estimate_relative_pose, moves_as_commanded, rotation_transfer_error
+from .two_view import CommandedCameras, estimate_relative_pose, rotation_transfer_error
 
 
 class PoseConsistencyReward(GeometricReward):
@@ -57,26 +56,25 @@ class PoseConsistencyReward(GeometricReward):
         self.tau_parallax = tau_parallax_px
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry = self.geometry(video, cache)
-        max_depth = self.max_depth(cam_from_world)
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         threshold = self.threshold_px * geometry.pixel_scale
         # Angular noise grows as the image shrinks (pixel noise over focal length): widen the tolerances.
         tau_rot, tau_trans = self.tau_rot / geometry.pixel_scale, self.tau_trans / geometry.pixel_scale
         scores, rot_errors, trans_errors, parallaxes, failed, static = [], [], [], [], 0, 0
         estimated: dict[tuple[int, int], np.ndarray] = {}
-        pairs = geometry.pairs()
+        pairs = geometry.pairs(self.gaps)
         for i, j in pairs:
-            pair = commanded_pair(cam_from_world, intrinsics, i, j, self.min_translation)
+            pair = commanded.pair(i, j)
             matches = geometry.matches(i, j)
             if len(matches) < self.min_matches:
                 failed += 1
                 scores.append(0.0)
                 continue
             try:
-                R, t, _ = estimate_relative_pose(
+                R, t = estimate_relative_pose(
                     pair, matches.points_i, matches.points_j, threshold, rotation_only=not pair.translates
                 )
-            except cv2.error:
+            except EstimationError:
                 failed += 1
                 scores.append(0.0)
                 continue
@@ -88,10 +86,10 @@ class PoseConsistencyReward(GeometricReward):
                 score *= math.exp(-e_trans / tau_trans)
                 trans_errors.append(e_trans)
             else:  # a commanded pure rotation: any parallax left after the estimated rotation is a translation
-                residual = rotation_transfer_error(pair.K_i, pair.K_j, R, matches.points_i, matches.points_j)
+                residual = rotation_transfer_error(pair, R, matches.points_i, matches.points_j)
                 parallaxes.append(float(np.median(residual)))
                 score *= math.exp(-parallaxes[-1] / (self.tau_parallax * geometry.pixel_scale))
-            if not moves_as_commanded(pair, matches.points_i, matches.points_j, max_depth):
+            if not self.moves_as_commanded(geometry, commanded, i, j, cache):
                 static += 1
                 score = 0.0
             scores.append(score)
@@ -106,7 +104,7 @@ class PoseConsistencyReward(GeometricReward):
             "failed_pairs": failed / len(pairs),
             "static_pairs": static / len(pairs),
         }
-        chained = chain_consecutive(estimated, cam_from_world)
+        chained = chain_consecutive(estimated, commanded)
         if chained is not None:
             errors = trajectory_errors(chained, cam_from_world)
             diagnostics.update(
@@ -116,19 +114,17 @@ class PoseConsistencyReward(GeometricReward):
         return float(np.mean(scores)), diagnostics
 
 
-def chain_consecutive(estimated: dict[tuple[int, int], np.ndarray], cam_from_world: Tensor) -> Tensor | None:
+def chain_consecutive(estimated: dict[tuple[int, int], np.ndarray], commanded: CommandedCameras) -> Tensor | None:
     """Chains estimated consecutive relative poses into a trajectory ``(T, 4, 4)`` (None if a link is missing).
 
     Each estimated unit translation is scaled to the commanded step length (unobservable from two views).
     """
-    num_frames = cam_from_world.shape[0]
+    num_frames = len(commanded.cam_from_world)
     if any((k, k + 1) not in estimated for k in range(num_frames - 1)):
         return None
-    commanded = cam_from_world.double()
-    poses = [torch.eye(4, dtype=torch.float64)]
+    poses = [np.eye(4)]
     for k in range(num_frames - 1):
-        rel = torch.from_numpy(estimated[k, k + 1]).clone()
-        step = (commanded[k + 1] @ invert_pose(commanded[k]))[:3, 3].norm()
-        rel[:3, 3] *= step
+        rel = estimated[k, k + 1].copy()
+        rel[:3, 3] *= np.linalg.norm(commanded.pair(k, k + 1).t)
         poses.append(rel @ poses[-1])
-    return torch.stack(poses).float()
+    return torch.from_numpy(np.stack(poses)).float()

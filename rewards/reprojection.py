@@ -10,7 +10,7 @@ from torch import Tensor
 from lyra_rl.reward import EstimationError
 
 from .correspondences import GeometricReward
-from .two_view import commanded_pair, moves_as_commanded, project, triangulate
+from .two_view import project, triangulate
 
 
 class ReprojectionReward(GeometricReward):
@@ -42,14 +42,13 @@ class ReprojectionReward(GeometricReward):
         self.tau_px = tau_px
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry = self.geometry(video, cache)
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         tau = self.tau_px * geometry.pixel_scale
-        max_depth = self.max_depth(cam_from_world)
         scores, errors, cheiralities, failed, static, triplets = [], [], [], 0, 0, 0
-        for g in self.correspondences.gaps:
+        for g in self.gaps:
             for i in range(geometry.num_frames - 2 * g):
                 j, k = i + g, i + 2 * g
-                outer = commanded_pair(cam_from_world, intrinsics, i, k, self.min_translation)
+                outer = commanded.pair(i, k)
                 if not outer.translates:
                     continue
                 triplets += 1
@@ -63,12 +62,11 @@ class ReprojectionReward(GeometricReward):
                 X = triangulate(outer.P_i, outer.P_j, points_i, points_k)
                 _, depth_i = project(outer.P_i, X)
                 _, depth_k = project(outer.P_j, X)
-                middle = commanded_pair(cam_from_world, intrinsics, i, j, self.min_translation)
-                reprojected, _ = project(middle.P_j, X)
+                reprojected, _ = project(commanded.P[j], X)
                 error = float(np.median(np.linalg.norm(reprojected - points_j, axis=1)))
                 cheirality = float(np.mean((depth_i > 0) & (depth_k > 0)))
                 score = math.exp(-error / tau) * cheirality
-                if not moves_as_commanded(outer, points_i, points_k, max_depth):
+                if not self.moves_as_commanded(geometry, commanded, i, k, cache):
                     static += 1
                     score = 0.0
                 scores.append(score)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
 import torch
 
-from lyra_rl.camera import camera_centers, relative_pose
+from lyra_rl.camera import camera_centers, skew
+from lyra_rl.reward import EstimationError
 
 
 @dataclass
@@ -22,7 +22,7 @@ class CommandedPair:
     """The commanded geometry of a frame pair, in float64 numpy.
 
     Attributes:
-        K_i, K_j: ``(3, 3)`` intrinsics.
+        K_i, K_j: ``(3, 3)`` intrinsics; ``K_i_inv``, ``K_j_inv`` their inverses.
         R, t: ``j_from_i`` rotation ``(3, 3)`` and translation ``(3,)``.
         P_i, P_j: ``(3, 4)`` projection matrices ``K [R | t]`` of the world-to-camera extrinsics.
         translates: whether the commanded baseline is non-zero (else the pair is a pure rotation).
@@ -30,6 +30,8 @@ class CommandedPair:
 
     K_i: np.ndarray
     K_j: np.ndarray
+    K_i_inv: np.ndarray
+    K_j_inv: np.ndarray
     R: np.ndarray
     t: np.ndarray
     P_i: np.ndarray
@@ -37,31 +39,48 @@ class CommandedPair:
     translates: bool
 
 
-def commanded_pair(cam_from_world: torch.Tensor, intrinsics: torch.Tensor, i: int, j: int, min_translation: float) -> CommandedPair:
-    """The commanded geometry of frames i and j from ``cam_from_world (T, 4, 4)`` and ``intrinsics (T, 3, 3)``."""
-    pose = cam_from_world.double()
-    rel = relative_pose(pose[i], pose[j]).numpy()
-    K = intrinsics.double().numpy()
-    return CommandedPair(
-        K_i=K[i], K_j=K[j], R=rel[:3, :3], t=rel[:3, 3],
-        P_i=K[i] @ pose[i, :3].numpy(), P_j=K[j] @ pose[j, :3].numpy(),
-        translates=bool(np.linalg.norm(rel[:3, 3]) > min_translation),
-    )
+class CommandedCameras:
+    """The commanded cameras of one video in float64 numpy, with memoised frame pairs.
+
+    Args:
+        cam_from_world: ``(T, 4, 4)`` extrinsics.
+        intrinsics: ``(T, 3, 3)`` pixel intrinsics.
+        min_translation: commanded baselines shorter than this count as pure rotations.
+    """
+
+    def __init__(self, cam_from_world: torch.Tensor, intrinsics: torch.Tensor, min_translation: float):
+        self.cam_from_world = cam_from_world.double().numpy()
+        self.K = intrinsics.double().numpy()
+        self.K_inv = np.linalg.inv(self.K)
+        self.P = self.K @ self.cam_from_world[:, :3]
+        self.min_translation = min_translation
+        centers = camera_centers(cam_from_world.double())
+        self.path_length = float((centers[1:] - centers[:-1]).norm(dim=-1).sum())
+        self._pairs: dict[tuple[int, int], CommandedPair] = {}
+
+    def pair(self, i: int, j: int) -> CommandedPair:
+        if (i, j) not in self._pairs:
+            pose_i, pose_j = self.cam_from_world[i], self.cam_from_world[j]
+            R = pose_j[:3, :3] @ pose_i[:3, :3].T
+            t = pose_j[:3, 3] - R @ pose_i[:3, 3]
+            self._pairs[i, j] = CommandedPair(
+                K_i=self.K[i], K_j=self.K[j], K_i_inv=self.K_inv[i], K_j_inv=self.K_inv[j], R=R, t=t,
+                P_i=self.P[i], P_j=self.P[j], translates=bool(np.linalg.norm(t) > self.min_translation),
+            )
+        return self._pairs[i, j]
 
 
-def path_length(cam_from_world: torch.Tensor) -> float:
-    """Length of the polyline through the camera centers of ``(T, 4, 4)`` extrinsics."""
-    centers = camera_centers(cam_from_world.double())
-    return float((centers[1:] - centers[:-1]).norm(dim=-1).sum())
+def get_commanded(cam_from_world: torch.Tensor, intrinsics: torch.Tensor, min_translation: float, cache: dict) -> CommandedCameras:
+    """The video's :class:`CommandedCameras`, created once per cache (per video and reward set)."""
+    key = ("commanded_cameras", min_translation)
+    if key not in cache:
+        cache[key] = CommandedCameras(cam_from_world, intrinsics, min_translation)
+    return cache[key]
 
 
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-
-
-def fundamental_from_pose(K_i: np.ndarray, K_j: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """``F = K_j^-T [t]_x R K_i^-1`` so that ``x_j^T F x_i = 0``."""
-    return np.linalg.inv(K_j).T @ skew(t) @ R @ np.linalg.inv(K_i)
+def fundamental_from_pose(pair: CommandedPair) -> np.ndarray:
+    """``F = K_j^-T [t]_x R K_i^-1`` of the commanded pair, so that ``x_j^T F x_i = 0``."""
+    return pair.K_j_inv.T @ skew(torch.from_numpy(pair.t)).numpy() @ pair.R @ pair.K_i_inv
 
 
 def homogeneous(points: np.ndarray) -> np.ndarray:
@@ -77,18 +96,16 @@ def sampson_distance(F: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) 
     return np.abs(algebraic) / np.sqrt(np.maximum(denom, 1e-300))
 
 
-def rotation_transfer_error(
-    K_i: np.ndarray, K_j: np.ndarray, R: np.ndarray, points_i: np.ndarray, points_j: np.ndarray
-) -> np.ndarray:
+def rotation_transfer_error(pair: CommandedPair, R: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:
     """Pixel error of the infinite homography ``K_j R K_i^-1`` (exact for a pure rotation ``R``), ``(N,)``."""
-    H = K_j @ R @ np.linalg.inv(K_i)
+    H = pair.K_j @ R @ pair.K_i_inv
     mapped = homogeneous(points_i) @ H.T
     return np.linalg.norm(mapped[:, :2] / mapped[:, 2:3] - points_j, axis=1)
 
 
-def bearings(K: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Unit viewing rays ``(N, 3)`` of pixels."""
-    rays = homogeneous(points) @ np.linalg.inv(K).T
+def bearings(K_inv: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Unit viewing rays ``(N, 3)`` of pixels, given the inverse intrinsics."""
+    rays = homogeneous(points) @ K_inv.T
     return rays / np.linalg.norm(rays, axis=1, keepdims=True)
 
 
@@ -100,7 +117,7 @@ def moves_as_commanded(pair: CommandedPair, points_i: np.ndarray, points_j: np.n
     the median angular motion of the viewing rays must reach half of what the commanded rotation and
     translation give for points at that depth (rotation alone for a pure rotation, any depth).
     """
-    rays_i, rays_j = bearings(pair.K_i, points_i), bearings(pair.K_j, points_j)
+    rays_i, rays_j = bearings(pair.K_i_inv, points_i), bearings(pair.K_j_inv, points_j)
     far = max_depth * rays_i @ pair.R.T + pair.t
     far /= np.linalg.norm(far, axis=1, keepdims=True)
     measured = np.arccos(np.clip(np.sum(rays_i * rays_j, axis=1), -1, 1))
@@ -122,7 +139,7 @@ def project(P: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def estimate_relative_pose(
     pair: CommandedPair, points_i: np.ndarray, points_j: np.ndarray, threshold_px: float, rotation_only: bool
-) -> tuple[np.ndarray, np.ndarray | None, int]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Relative pose from correspondences with the commanded intrinsics (USAC).
 
     With ``rotation_only`` a homography fitted in normalized coordinates selects the inliers and the
@@ -130,24 +147,45 @@ def estimate_relative_pose(
     essential matrix and ``recoverPose``.
 
     Returns:
-        ``R (3, 3)``, the unit translation ``(3,)`` (None for a rotation) and the inlier count.
+        ``R (3, 3)`` and the unit translation ``(3,)`` (None for a rotation).
+
+    Raises:
+        EstimationError: no model could be fitted.
     """
-    n_i = cv2.undistortPoints(points_i.reshape(-1, 1, 2), pair.K_i, None).reshape(-1, 2)
-    n_j = cv2.undistortPoints(points_j.reshape(-1, 1, 2), pair.K_j, None).reshape(-1, 2)
+    n_i = homogeneous(points_i) @ pair.K_i_inv.T
+    n_j = homogeneous(points_j) @ pair.K_j_inv.T
     threshold = threshold_px / np.mean([pair.K_i[0, 0], pair.K_i[1, 1]])
-    if rotation_only:
-        H, mask = cv2.findHomography(n_i, n_j, cv2.USAC_ACCURATE, threshold)
-        if H is None:
-            raise cv2.error("homography estimation failed")
-        inliers = mask.ravel() > 0
-        rays_i, rays_j = bearings(pair.K_i, points_i[inliers]), bearings(pair.K_j, points_j[inliers])
-        U, _, Vt = np.linalg.svd(rays_j.T @ rays_i)
-        return U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt, None, int(inliers.sum())
-    E, mask = cv2.findEssentialMat(n_i, n_j, np.eye(3), cv2.USAC_ACCURATE, 0.999, threshold)
-    if E is None or E.shape[0] < 3:
-        raise cv2.error("essential matrix estimation failed")
-    _, R, t, mask = cv2.recoverPose(E[:3], n_i, n_j, np.eye(3), mask=mask)
-    return R, t.ravel(), int((mask > 0).sum())
+    try:
+        if rotation_only:
+            H, mask = cv2.findHomography(n_i[:, :2], n_j[:, :2], cv2.USAC_ACCURATE, threshold)
+            if H is None:
+                raise EstimationError("no homography")
+            inliers = mask.ravel() > 0
+            rays_i, rays_j = n_i[inliers], n_j[inliers]
+            rays_i /= np.linalg.norm(rays_i, axis=1, keepdims=True)
+            rays_j /= np.linalg.norm(rays_j, axis=1, keepdims=True)
+            U, _, Vt = np.linalg.svd(rays_j.T @ rays_i)
+            return U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt, None
+        E, mask = cv2.findEssentialMat(n_i[:, :2], n_j[:, :2], np.eye(3), cv2.USAC_ACCURATE, 0.999, threshold)
+        if E is None or E.shape[0] < 3:
+            raise EstimationError("no essential matrix")
+        _, R, t, _ = cv2.recoverPose(E[:3], n_i[:, :2], n_j[:, :2], np.eye(3), mask=mask)
+    except cv2.error as error:  # degenerate point sets (e.g. all matches identical)
+        raise EstimationError(f"pose estimation failed: {error.err}") from error
+    return R, t.ravel()
+
+
+def fundamental_inliers(points_i: np.ndarray, points_j: np.ndarray, threshold_px: float) -> np.ndarray:
+    """Inlier mask ``(N,)`` of a fundamental matrix fitted with USAC.
+
+    Raises:
+        EstimationError: no fundamental matrix could be fitted.
+    """
+    try:
+        _, mask = cv2.findFundamentalMat(points_i, points_j, cv2.USAC_ACCURATE, threshold_px, 0.999)
+    except cv2.error as error:
+        raise EstimationError(f"fundamental matrix estimation failed: {error.err}") from error
+    return np.zeros(len(points_i), bool) if mask is None else mask.ravel() > 0
 
 
 def grid_coverage(points: np.ndarray, height: int, width: int, cells: int = 4) -> float:

@@ -143,6 +143,12 @@ class TestConverters:
         torch.testing.assert_close(dense[::2], traj, atol=1e-5, rtol=0)
         assert camera.get_trajectory(str(path), 8).shape == (8, 4, 4)
 
+    @pytest.mark.parametrize("angle", [0.3, math.pi - 5e-4, math.pi - 1e-7])
+    def test_axis_angle_round_trip(self, angle):
+        axis = torch.tensor([0.6, -0.48, 0.64], dtype=torch.float64)
+        rotation = camera.axis_angle_to_matrix(axis * angle)
+        torch.testing.assert_close(camera.axis_angle_to_matrix(camera.matrix_to_axis_angle(rotation)), rotation)
+
     def test_resample_midpoint_halves_rotation(self):
         traj = trajectory_preset("left", 2, angle_degrees=30)
         mid = camera.resample_trajectory(traj, torch.tensor([0.5]))
@@ -156,6 +162,6 @@ class TestCameras:
         with pytest.raises(ValueError, match="NaN"):
             Cameras(torch.full((1, 2, 4, 4), math.nan), torch.eye(3).expand(1, 2, 3, 3))
 
-    def test_indexing_and_cat(self):
+    def test_indexing_keeps_the_batch_dimension(self):
         cams = Cameras.from_trajectory(trajectory_preset("left", 5), camera.default_intrinsics(64, 96), batch_size=3)
-        assert cams[1].batch_size == 1 and Cameras.cat([cams, cams[0]]).batch_size == 4
+        assert cams[1].batch_size == 1 and cams[-1].batch_size == 1 and cams[1:].batch_size == 2
