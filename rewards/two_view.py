@@ -110,19 +110,29 @@ def bearings(K_inv: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def moves_as_commanded(pair: CommandedPair, points_i: np.ndarray, points_j: np.ndarray, max_depth: float) -> bool:
-    """Static-video guard: do the correspondences move at least as much as the command implies?
+    """Static-video guard: do the correspondences show the commanded rotation *and* translation?
 
-    A frozen video is epipolar-consistent with a forward motion if the scene were infinitely far, and
-    matches perfectly. This check assumes the scene is no deeper than ``max_depth`` (trajectory units):
-    the median angular motion of the viewing rays must reach half of what the commanded rotation and
-    translation give for points at that depth (rotation alone for a pure rotation, any depth).
+    A frozen video is epipolar-consistent with a forward motion if the scene were infinitely far, and a
+    video that only rotates satisfies every epipolar geometry with its rotation. This check assumes the
+    scene is no deeper than ``max_depth`` (trajectory units) and asks two things of the median over the
+    correspondences: the viewing rays must move at least half as much as the commanded motion moves
+    points at that depth; and, for a translating pair, the parallax left after removing the commanded
+    rotation must reach half of what the commanded baseline gives at that depth.
     """
     rays_i, rays_j = bearings(pair.K_i_inv, points_i), bearings(pair.K_j_inv, points_j)
-    far = max_depth * rays_i @ pair.R.T + pair.t
+    rotated = rays_i @ pair.R.T
+    far = max_depth * rotated + pair.t
     far /= np.linalg.norm(far, axis=1, keepdims=True)
-    measured = np.arccos(np.clip(np.sum(rays_i * rays_j, axis=1), -1, 1))
-    expected = np.arccos(np.clip(np.sum(rays_i * far, axis=1), -1, 1))
-    return bool(np.median(measured) >= 0.5 * np.median(expected))
+    moved = np.median(_angle(rays_i, rays_j)) >= 0.5 * np.median(_angle(rays_i, far))
+    if not pair.translates:
+        return bool(moved)
+    parallax = np.median(_angle(rotated, rays_j)) >= 0.5 * np.median(_angle(rotated, far))
+    return bool(moved and parallax)
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Angles (radians) between unit vectors ``(N, 3)``."""
+    return np.arccos(np.clip(np.sum(a * b, axis=1), -1, 1))
 
 
 def triangulate(P_i: np.ndarray, P_j: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:
