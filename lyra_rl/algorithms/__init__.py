@@ -1,0 +1,1 @@
+"""Pure loss functions of lyra-rl's training algorithms: :mod:`lyra_rl.algorithms.grpo`."""

@@ -1,0 +1,35 @@
+"""The ``VideoPolicy`` protocol every policy implements.
+
+Convention:
+    - Videos ``(B, T, 3, H, W)`` in ``[0, 1]``; latents ``(B, C, T', H', W')`` inside the policy.
+    - Flow matching: ``t`` in ``[0, 1]``, ``t = 1`` is noise, ``x_t = (1 - t) x0 + t eps``, velocity
+      ``v = eps - x0``. The conversion to a model's own timestep scale happens inside the policy.
+    - The reference model is the policy with its adapters disabled (:meth:`adapters_disabled`), never a copy.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from torch import Tensor
+
+from .camera import Cameras
+
+
+@runtime_checkable
+class VideoPolicy(Protocol):
+    def condition(self, images: Tensor, prompts: Sequence[str], cameras: Cameras) -> Any:
+        """Embeddings of the conditioning images ``(B, 3, H, W)``, prompts and commanded cameras."""
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(C, T', H', W')`` of a video of that size."""
+
+    def velocity(self, latents: Tensor, t: Tensor, cond: Any) -> Tensor:
+        """``v_theta(x_t, t | cond)`` for latents ``(B, C, T', H', W')`` and times ``t (B,)``."""
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents to videos ``(B, T, 3, H, W)`` in ``[0, 1]``."""
+
+    def adapters_disabled(self) -> AbstractContextManager:
+        """Context in which :meth:`velocity` is the frozen reference model."""

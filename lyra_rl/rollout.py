@@ -1,0 +1,56 @@
+"""Rollouts of a video policy along a flow-matching schedule, with per-step log-probs (Flow-GRPO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .policy import VideoPolicy
+from .sampling import ode_step, sde_step
+
+
+@dataclass
+class Rollout:
+    """A batch of denoising trajectories.
+
+    Attributes:
+        states: latents before and after every step ``(S + 1, B, C, T', H', W')``; ``states[-1]`` is the sample.
+        log_probs: ``(B, S)`` log-prob of each SDE step's transition (0 on ODE steps).
+    """
+
+    states: Tensor
+    log_probs: Tensor
+
+
+@torch.no_grad()
+def rollout(
+    policy: VideoPolicy,
+    cond: Any,
+    noise: Tensor,
+    sigmas: Tensor,
+    sde_mask: Tensor,
+    noise_level: float,
+    step_noise: Tensor,
+) -> Rollout:
+    """Denoises ``noise (B, C, T', H', W')`` from ``sigmas[0]`` to ``sigmas[-1]``.
+
+    Steps where ``sde_mask (S,)`` is True use Flow-GRPO's SDE with the standard normal draws
+    ``step_noise[k]`` (``(S, B, C, T', H', W')``; drawn by the caller so that each sample's randomness
+    depends on its global index only, not on how the batch is split over processes); they can be
+    trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO).
+    """
+    states, log_probs = [noise], torch.zeros(len(noise), len(sigmas) - 1)
+    x = noise
+    for k in range(len(sigmas) - 1):
+        t = sigmas[k].expand(len(x))
+        v = policy.velocity(x, t, cond)
+        if sde_mask[k]:
+            step = sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level, noise=step_noise[k])
+            x, log_probs[:, k] = step.prev_sample, step.log_prob.float().cpu()
+        else:
+            x = ode_step(x, v, sigmas[k], sigmas[k + 1])
+        states.append(x)
+    return Rollout(torch.stack(states), log_probs)

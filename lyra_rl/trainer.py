@@ -1,0 +1,302 @@
+"""GRPO fine-tuning of a video policy's LoRA adapters under Accelerate (Flow-GRPO for video world models).
+
+One step: conditions -> SDE rollouts with log-probs (no grad) -> decode -> rewards -> group-relative
+advantages (over the group gathered from every process) -> for each inner epoch and trained denoising
+step: replay the stored transition, clipped ratio loss (+ KL to the adapter-disabled reference) ->
+gradient all-reduce, clipping, optimizer step. The math lives in ``sampling`` and ``algorithms.grpo``;
+this module is the glue, plus logging and atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .camera import Cameras
+from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
+from .data.conditions import procedural_conditions
+from .reward import RewardSet
+from .rollout import rollout
+from .sampling import gaussian_kl, sde_step, shifted_sigmas
+from .video import write_video
+
+
+@dataclass
+class GRPOConfig:
+    """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
+
+    > Model: policy, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
+    > Data: num_frames, height, width, conditions_per_step (per process), num_generations (group size).
+    > Sampling: num_sampling_steps, shift, noise_level, train_timestep_fraction.
+    > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
+    > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
+    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
+    > Output: output_dir, logging_steps, save_steps, resume.
+    """
+
+    output_dir: str = field(default="outputs/grpo", metadata={"help": "Run folder: checkpoints, logs, samples."})
+    policy: str = field(default="tiny", metadata={"help": "Policy architecture: 'tiny' or 'wan2.1-1.3b'."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+        metadata={"help": "Module names that get LoRA adapters."},
+    )
+    train_camera_modules: bool = field(default=True, metadata={"help": "Also train the camera encoders/projectors."})
+    num_frames: int = field(default=9, metadata={"help": "Frames per video (4k+1)."})
+    height: int = field(default=32, metadata={"help": "Frame height (multiple of 16)."})
+    width: int = field(default=48, metadata={"help": "Frame width (multiple of 16)."})
+    conditions_per_step: int = field(default=2, metadata={"help": "Conditions per process and step."})
+    num_generations: int = field(default=4, metadata={"help": "Rollouts per condition (the GRPO group)."})
+    num_sampling_steps: int = field(default=8, metadata={"help": "Denoising steps of a training rollout."})
+    shift: float = field(default=5.0, metadata={"help": "Flow-matching timestep shift (Wan uses 5)."})
+    noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO SDE noise level a."})
+    train_timestep_fraction: float = field(default=0.5, metadata={"help": "Fraction of denoising steps trained (SDE); the rest run the ODE."})
+    beta: float = field(default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."})
+    epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
+    scale_rewards: bool = field(default=True, metadata={"help": "Divide advantages by the group std."})
+    num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_steps: int = field(default=20, metadata={"help": "GRPO steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of conditions, noise and initial weights."})
+    rewards: list[str] = field(default_factory=lambda: ["pose_consistency", "epipolar"], metadata={"help": "Reward names or module:Class paths."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
+    reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."})
+    reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
+    logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_kwargs, str):
+            self.reward_kwargs = json.loads(self.reward_kwargs)
+        if (self.num_frames - 1) % 4 or self.num_frames < 5:
+            raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
+        if not 0 < self.train_timestep_fraction <= 1:
+            raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
+
+
+def _seeded(*key: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash(key) % (2**63))
+
+
+class GRPOTrainer:
+    """Runs :class:`GRPOConfig` on a policy with LoRA adapters and a reward set."""
+
+    def __init__(self, config: GRPOConfig, policy, reward_set: RewardSet, accelerator: Accelerator):
+        self.config, self.policy, self.reward_set, self.accelerator = config, policy, reward_set, accelerator
+        self.trainable = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate)
+        self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.output_dir = Path(config.output_dir)
+
+    def _global_indices(self) -> list[int]:
+        per_process = self.config.conditions_per_step
+        start = (self.step * self.accelerator.num_processes + self.accelerator.process_index) * per_process
+        return list(range(start, start + per_process))
+
+    def _noise(self, ids: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial noise shared within each group and per-sample SDE noise, from global indices only."""
+        group_size, steps = self.config.num_generations, self.config.num_sampling_steps
+        initial = torch.stack([torch.randn(shape, generator=_seeded(self.config.seed, 1, int(i))) for i in ids])
+        initial = initial.repeat_interleave(group_size, dim=0)
+        sample_ids = [(int(i), g) for i in ids for g in range(group_size)]
+        step_noise = torch.stack([torch.randn((steps, *shape), generator=_seeded(self.config.seed, 2, self.step, i, g)) for i, g in sample_ids], dim=1)
+        return initial, step_noise
+
+    def train_step(self) -> dict[str, float]:
+        config, accelerator, policy = self.config, self.accelerator, self.policy
+        device = accelerator.device
+        timings = {}
+        start = time.perf_counter()
+        batch = procedural_conditions(config.seed, self._global_indices(), config.num_frames, config.height, config.width)
+        cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
+        latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
+        initial, step_noise = self._noise(batch.ids, latent_shape)
+        train_steps = select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=_seeded(config.seed, 3, self.step))
+        sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
+        result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level, step_noise.to(device))
+        timings["time/rollout"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        videos = policy.decode(result.states[-1], cond)
+        timings["time/decode"] = time.perf_counter() - start
+        start = time.perf_counter()
+        cameras = Cameras(
+            batch.cameras.cam_from_world.repeat_interleave(config.num_generations, 0),
+            batch.cameras.intrinsics.repeat_interleave(config.num_generations, 0),
+        )
+        prompts = [p for p in batch.prompts for _ in range(config.num_generations)]
+        scores = self.reward_set(videos.float().cpu(), cameras, prompts, images=batch.images.repeat_interleave(config.num_generations, 0))
+        timings["time/reward"] = time.perf_counter() - start
+
+        local = len(prompts)
+        group_ids = batch.ids.repeat_interleave(config.num_generations)
+        all_rewards = accelerator.gather(scores.total.to(device)).cpu()
+        all_groups = accelerator.gather(group_ids.to(device)).cpu()
+        advantages_all = group_advantages(all_rewards, all_groups, scale=config.scale_rewards)
+        offset = accelerator.process_index * local
+        advantages = advantages_all[offset : offset + local].to(device)
+        self.last_advantages = advantages_all
+
+        start = time.perf_counter()
+        metrics: dict[str, list[float]] = {}
+        for _ in range(config.num_iterations):
+            for k in train_steps.tolist():
+                x, x_next = result.states[k], result.states[k + 1]
+                t = self.sigmas[k].expand(local).to(device)
+                step = sde_step(x, policy.velocity(x, t, cond), self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
+                kl = None
+                if config.beta > 0:
+                    with torch.no_grad(), policy.adapters_disabled():
+                        reference = sde_step(x, policy.velocity(x, t, cond), self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
+                    kl = gaussian_kl(step.mean, reference.mean, step.std)
+                loss, step_metrics = grpo_loss(step.log_prob, result.log_probs[:, k].to(device), advantages, config.epsilon, kl, config.beta)
+                (loss / len(train_steps)).backward()
+                for name, value in {"loss": loss, **step_metrics}.items():
+                    metrics.setdefault(name, []).append(float(value))
+            self._all_reduce_gradients()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        timings["time/update"] = time.perf_counter() - start
+
+        self.step += 1
+        logged = {name: float(np.mean(values)) for name, values in metrics.items()}
+        logged = {name: float(accelerator.reduce(torch.tensor(value, device=device), "mean")) for name, value in logged.items()}
+        logged.update(timings)
+        logged["grad_norm"] = float(grad_norm)
+        logged["reward/total"] = float(all_rewards.nanmean())
+        for name, values in scores.rewards.items():
+            logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
+        for name, values in scores.diagnostics.items():
+            logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
+        logged["step"] = self.step
+        self.history.append(logged)
+        self.last_videos = videos
+        return logged
+
+    def _all_reduce_gradients(self) -> None:
+        if self.accelerator.num_processes == 1:
+            return
+        for param in self.trainable:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            param.grad = self.accelerator.reduce(param.grad, "mean")
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules."""
+        state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(self.policy.transformer).items()}
+        if self.config.train_camera_modules:
+            for name, value in self.policy.transformer.state_dict().items():
+                if ".cam_encoder." in name or ".projector." in name:
+                    state[f"transformer.{name}"] = value
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def save_checkpoint(self) -> Path:
+        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename)."""
+        final = self.output_dir / f"checkpoint-{self.step}"
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return final
+        tmp = self.output_dir / f".tmp-checkpoint-{self.step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self.adapter_state_dict(), tmp / "adapter.safetensors")
+        torch.save({
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "config": asdict(self.config),
+        }, tmp / "trainer_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = load_file(path / "adapter.safetensors")
+        lora = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
+        set_peft_model_state_dict(self.policy.transformer, lora)
+        camera = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" not in k}
+        if camera:
+            self.policy.transformer.load_state_dict(camera, strict=False)
+        trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.step, self.history = trainer_state["step"], trainer_state["history"]
+        torch.set_rng_state(trainer_state["rng"]["torch"])
+        np.random.set_state(trainer_state["rng"]["numpy"])
+        random.setstate(trainer_state["rng"]["python"])
+
+    def train(self) -> list[dict[str, float]]:
+        config, accelerator = self.config, self.accelerator
+        if config.resume:
+            checkpoint = latest_checkpoint(self.output_dir)
+            if checkpoint is not None:
+                self.load_checkpoint(checkpoint)
+        writer = None
+        if accelerator.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(self.output_dir / "logs")
+        progress = tqdm(total=config.max_steps, initial=self.step, desc="GRPO", disable=not accelerator.is_main_process)
+        while self.step < config.max_steps:
+            logged = self.train_step()
+            progress.update(1)
+            progress.set_postfix(reward=f"{logged['reward/total']:.3f}", kl=f"{logged.get('kl', 0.0):.2e}")
+            if writer is not None and self.step % config.logging_steps == 0:
+                for name, value in logged.items():
+                    if name != "step" and math.isfinite(value):
+                        writer.add_scalar(name, value, self.step)
+            if self.step % config.save_steps == 0 or self.step == config.max_steps:
+                self.save_checkpoint()
+                if accelerator.is_main_process:
+                    write_video(self.output_dir / "samples" / f"step-{self.step}.mp4", self.last_videos[0])
+        progress.close()
+        if writer is not None:
+            writer.close()
+            plot_reward_curve(self.history, self.output_dir / "reward_curve.png")
+        return self.history
+
+
+def plot_reward_curve(history: list[dict[str, float]], path: Path) -> Path:
+    """Mean reward per step (total and each reward) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for name in [k for k in history[0] if k.startswith("reward/")]:
+        ax.plot(steps, [h[name] for h in history], label=name.removeprefix("reward/"))
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step (temporary folders of a crash are ignored)."""
+    checkpoints = [p for p in Path(output_dir).glob("checkpoint-*") if (p / "trainer_state.pt").is_file()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[1]), default=None)

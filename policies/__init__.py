@@ -1,0 +1,1 @@
+"""Concrete lyra-rl policies."""

@@ -1,0 +1,69 @@
+"""Helpers for the GRPO trainer tests: a simple reward and a pixel-space toy decoder.
+
+The tiny policy's randomly initialised VAE decoder barely depends on its latents, so a reward on its
+videos gives GRPO nothing to learn from. The toy decoder reads three latent channels as colors instead
+(sigmoid, nearest upsampling), so that the real DiT, LoRA, rollouts and updates are tested end to end.
+"""
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+from lyra_rl.reward import VideoReward
+
+
+class Brightness(VideoReward):
+    """Mean brightness of the video, in [0, 1]."""
+
+    name = "brightness"
+    floor = 0.0
+
+    def score_video(self, video, cam_from_world, intrinsics, *, image, cache):
+        return float(video.mean()), {}
+
+
+def toy_decode(self, latents, cond):
+    """Latents ``(B, C, k, h, w)`` to videos ``(B, 4k + 1, 3, 8h, 8w)``: channels 0-2 as colors."""
+    full = torch.cat([cond.image_latents, latents], dim=2)[:, :3]
+    frames = torch.cat([full[:, :, :1], full[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
+    pixels = F.interpolate(frames, scale_factor=(1, 8, 8), mode="nearest")
+    return torch.sigmoid(pixels).permute(0, 2, 1, 3, 4)
+
+
+def with_toy_decoder(policy):
+    policy.decode = types.MethodType(toy_decode, policy)
+    return policy
+
+
+def make_trainer(output_dir, accelerator=None, **overrides):
+    """A tiny-policy GRPO trainer with the toy decoder and the brightness reward."""
+    from accelerate import Accelerator
+
+    from lyra_rl.reward import RewardSet
+    from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+    from policies.wan_camera import WanCameraPolicy
+
+    settings = dict(output_dir=str(output_dir), rewards=[], learning_rate=1e-2, epsilon=0.2, beta=0.05,
+                    train_timestep_fraction=1.0, num_sampling_steps=4, conditions_per_step=2, num_generations=4)
+    config = GRPOConfig(**{**settings, **overrides})
+    policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", seed=config.seed))
+    policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
+    return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator or Accelerator(cpu=True))
+
+
+if __name__ == "__main__":  # run under `accelerate launch`: prints the run's numbers as JSON on rank 0
+    import json
+    import sys
+    import tempfile
+
+    conditions_per_step = int(sys.argv[1])
+    trainer = make_trainer(tempfile.mkdtemp(), conditions_per_step=conditions_per_step, max_steps=2, save_steps=100)
+    history = [trainer.train_step() for _ in range(2)]
+    if trainer.accelerator.is_main_process:
+        print(json.dumps({
+            "num_processes": trainer.accelerator.num_processes,
+            "loss": [h["loss"] for h in history],
+            "reward": [h["reward/total"] for h in history],
+            "advantages": trainer.last_advantages.tolist(),
+        }))

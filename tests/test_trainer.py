@@ -1,0 +1,59 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grpo_helpers import make_trainer
+from lyra_rl.trainer import latest_checkpoint
+
+
+def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=8, save_steps=100)
+    history = [trainer.train_step() for _ in range(8)]
+    rewards = [h["reward/total"] for h in history]
+    assert rewards[-1] > rewards[0] + 0.02, rewards
+    assert all(h["ratio_min"] == h["ratio_max"] == 1.0 for h in history)  # first inner epoch: same weights, same noise
+    assert max(h["kl"] for h in history) < 0.05
+
+
+def test_second_inner_epoch_moves_the_ratio(tmp_path):
+    trainer = make_trainer(tmp_path, num_iterations=2, max_steps=1)
+    logged = trainer.train_step()
+    assert logged["ratio_max"] > 1.0 or logged["ratio_min"] < 1.0
+
+
+def test_resume_continues_with_the_same_numbers(tmp_path):
+    full = make_trainer(tmp_path / "full", max_steps=4, save_steps=2).train()
+    make_trainer(tmp_path / "resumed", max_steps=2, save_steps=2).train()
+    (tmp_path / "resumed" / ".tmp-checkpoint-3").mkdir()  # a crash mid-save must be ignored
+    resumed = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True).train()
+    assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-4"
+    for a, b in zip(full, resumed):
+        assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    run = tmp_path / "full"
+    assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4.mp4").is_file()
+    assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    script = Path(__file__).with_name("grpo_helpers.py")
+    env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1"}
+
+    def run(num_processes: int, conditions_per_step: int) -> dict:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        if num_processes > 1:
+            launch.append("--multi_gpu")
+        out = subprocess.run([*launch, str(script), str(conditions_per_step)], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    two, one = run(2, 1), run(1, 2)
+    assert two["num_processes"] == 2 and one["num_processes"] == 1
+    assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-5)
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert two["reward"] == pytest.approx(one["reward"], abs=1e-5)
