@@ -133,6 +133,8 @@ class GRPOTrainer:
         initial, step_noise = self._noise(batch.ids, latent_shape)
         train_steps = select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=_seeded(config.seed, 3, self.step))
         sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
+        timings["time/conditions"] = time.perf_counter() - start
+        start = time.perf_counter()
         result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level, step_noise.to(device))
         timings["time/rollout"] = time.perf_counter() - start
 
@@ -172,7 +174,7 @@ class GRPOTrainer:
                 loss, step_metrics = grpo_loss(step.log_prob, result.log_probs[:, k].to(device), advantages, config.epsilon, kl, config.beta)
                 (loss / len(train_steps)).backward()
                 for name, value in {"loss": loss, **step_metrics}.items():
-                    metrics.setdefault(name, []).append(float(value))
+                    metrics.setdefault(name, []).append(float(value.detach()))
             self._all_reduce_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()

@@ -105,20 +105,32 @@ class ByteTokenizer:
         return ids, mask
 
 
+def _add_camera_tokens(norm1: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook on ``block.norm1``: the self-attention branch sees ``x + cam_encoder(camera)``."""
+    block = norm1._lyra_block
+    camera = block.cam_encoder(block._lyra_camera.to(block.cam_encoder.weight.dtype))
+    return (args[0] + camera.to(args[0].dtype),) + args[1:]
+
+
+def _project_attention(attn1: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    """Forward hook on ``block.attn1``: the self-attention output goes through ``projector``."""
+    return attn1._lyra_block.projector(output)
+
+
 class CameraConditionedWan(nn.Module):
     """``WanTransformer3DModel`` with ReCamMaster-style camera modules attached to every block.
 
     The camera modules are registered inside the diffusers blocks (``blocks.i.cam_encoder``,
     ``blocks.i.projector``), so state-dict keys match Astra/ReCamMaster checkpoints, and act through
     forward hooks on ``norm1`` (add the camera tokens to the self-attention input) and ``attn1``
-    (project the self-attention output); the diffusers forward is used as is.
+    (project the self-attention output); the diffusers forward is used as is. The hooks find their
+    block through a plain (unregistered) attribute, so ``copy.deepcopy`` gives an independent model.
     """
 
     def __init__(self, transformer: WanTransformer3DModel):
         super().__init__()
         self.transformer = transformer
         dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
-        self._camera_tokens: Tensor | None = None
         for block in transformer.blocks:
             block.cam_encoder = nn.Linear(CAMERA_DIM, dim)
             block.projector = nn.Linear(dim, dim)
@@ -126,21 +138,10 @@ class CameraConditionedWan(nn.Module):
             nn.init.zeros_(block.cam_encoder.bias)
             nn.init.eye_(block.projector.weight)
             nn.init.zeros_(block.projector.bias)
-            block.norm1.register_forward_pre_hook(self._add_camera_hook(block))
-            block.attn1.register_forward_hook(self._project_hook(block))
-
-    def _add_camera_hook(self, block: nn.Module):
-        def hook(module: nn.Module, args: tuple) -> tuple:
-            camera = block.cam_encoder(self._camera_tokens.to(block.cam_encoder.weight.dtype))
-            return (args[0] + camera.to(args[0].dtype),) + args[1:]
-
-        return hook
-
-    def _project_hook(self, block: nn.Module):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            return block.projector(output)
-
-        return hook
+            for module in (block.norm1, block.attn1):
+                object.__setattr__(module, "_lyra_block", block)  # not a submodule: no cycle in the state dict
+            block.norm1.register_forward_pre_hook(_add_camera_tokens)
+            block.attn1.register_forward_hook(_project_attention)
 
     def camera_parameters(self) -> Iterator[nn.Parameter]:
         for block in self.transformer.blocks:
@@ -152,11 +153,14 @@ class CameraConditionedWan(nn.Module):
         text ``(B, L, D)`` and cameras ``(B, F, 12)``."""
         _, p_h, p_w = self.transformer.config.patch_size
         tokens_per_frame = (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)
-        self._camera_tokens = camera.repeat_interleave(tokens_per_frame, dim=1)
+        tokens = camera.repeat_interleave(tokens_per_frame, dim=1)
+        for block in self.transformer.blocks:
+            block._lyra_camera = tokens
         try:
             return self.transformer(latents, timestep, text, return_dict=False)[0]
         finally:
-            self._camera_tokens = None
+            for block in self.transformer.blocks:
+                block._lyra_camera = None
 
 
 class WanCameraPolicy(nn.Module):

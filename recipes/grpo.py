@@ -22,7 +22,9 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
     policy.to(accelerator.device)
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:
-        return GRPOTrainer(config, policy, reward_set, accelerator).train()
+        history = GRPOTrainer(config, policy, reward_set, accelerator).train()
+    accelerator.end_training()  # destroys the process group (gloo can abort at exit otherwise)
+    return history
 
 
 if __name__ == "__main__":

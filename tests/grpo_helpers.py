@@ -67,3 +67,4 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
             "reward": [h["reward/total"] for h in history],
             "advantages": trainer.last_advantages.tolist(),
         }))
+    trainer.accelerator.end_training()  # destroy the process group: gloo may abort at exit otherwise

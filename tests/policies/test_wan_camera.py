@@ -97,3 +97,12 @@ def test_wan21_shapes_on_the_meta_device():
     assert len(model.transformer.blocks) == 30 and model.transformer.blocks[0].attn1.to_q.weight.shape == (1536, 1536)
     assert model.transformer.blocks[0].ffn.net[2].weight.shape == (1536, 8960)
     assert 1.40e9 < base < 1.45e9  # Wan2.1-T2V-1.3B: 1.42B parameters in diffusers' layout
+
+
+def test_deep_copy_is_an_independent_model(policy):
+    latents, t, cond = inputs(policy)
+    clone = copy.deepcopy(policy)
+    for block in policy.transformer.blocks:
+        torch.nn.init.normal_(block.cam_encoder.weight, std=0.5)
+    assert (policy.velocity(latents, t, cond) - clone.velocity(latents, t, cond)).abs().max() > 1e-3
+    torch.testing.assert_close(clone.velocity(latents, t, cond), WanCameraPolicy.from_config("tiny", seed=0).velocity(latents, t, cond))

@@ -1,0 +1,178 @@
+"""One GRPO step split into rollout, decode, reward and update, against the floor for the same shapes.
+
+Floor: the bare DiT forward passes of the rollout, plus forward+backward of the trained timesteps (and the
+reference forward when beta > 0), timed in the same run. ``step_overhead`` = (rollout + update) / floor;
+building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
+Memory: the peak resident memory a step adds (each variant in a fresh process), with the adapter-disabled
+reference vs. the same step without the KL term (``ref_memory_ratio``), and with a deep-copied reference
+for contrast. On CUDA the peaks come from ``torch.cuda.max_memory_allocated``.
+
+    python benchmarks/grpo_step.py --quick      # < 2 minutes; last line: step_overhead=X ref_memory_ratio=Y
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from lyra_rl.algorithms.grpo import select_timesteps
+from lyra_rl.reward import RewardSet, VideoReward
+from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+from policies.wan_camera import WanCameraPolicy
+
+
+class MeanBrightness(VideoReward):
+    name = "brightness"
+    floor = 0.0
+
+    def score_video(self, video, cam_from_world, intrinsics, *, image, cache):
+        return float(video.mean()), {}
+
+
+def make_trainer(policy_name: str, beta: float, quick: bool) -> GRPOTrainer:
+    size = dict(num_frames=9, height=32, width=48) if quick else dict(num_frames=17, height=64, width=96)
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(), policy=policy_name, rewards=[], beta=beta, num_sampling_steps=8,
+        train_timestep_fraction=0.5, conditions_per_step=1, num_generations=4, save_steps=10**9, **size,
+    )
+    policy = WanCameraPolicy.from_config(policy_name, seed=0)
+    policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    policy.to(accelerator.device)
+    return GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
+
+
+def floor_seconds(trainer: GRPOTrainer) -> float:
+    """Bare DiT passes for the same shapes: S forwards (rollout) + n_train forward+backward (+ reference)."""
+    config, policy, device = trainer.config, trainer.policy, trainer.accelerator.device
+    shape = (config.num_generations, *policy.latent_shape(config.num_frames, config.height, config.width))
+    full = torch.randn(shape[0], shape[1], shape[2] + 1, *shape[3:], device=device)
+    tokens = full.shape[2] * (full.shape[3] // 2) * (full.shape[4] // 2)
+    timestep = torch.full((shape[0], tokens), 500.0, device=device)
+    text = torch.randn(shape[0], 32, policy.transformer.config.text_dim, device=device)
+    camera = torch.zeros(shape[0], full.shape[2], 12, device=device)
+    num_train = len(select_timesteps(config.num_sampling_steps, config.train_timestep_fraction))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(config.num_sampling_steps):
+            policy.dit(full, timestep, text, camera)
+    for _ in range(num_train):
+        policy.dit(full, timestep, text, camera).square().mean().backward()
+        if config.beta > 0:
+            with torch.no_grad():
+                policy.dit(full, timestep, text, camera)
+    _sync()
+    return time.perf_counter() - start
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@contextmanager
+def copied_reference(trainer: GRPOTrainer):
+    """Swaps the adapter-disabled reference for a deep copy of the base model (the memory contrast)."""
+    policy = trainer.policy
+    reference = copy.deepcopy(policy.dit)
+    reference.transformer.disable_adapters()
+
+    @contextmanager
+    def use_copy():
+        trained, policy.dit = policy.dit, reference
+        try:
+            yield
+        finally:
+            policy.dit = trained
+
+    policy.adapters_disabled = use_copy
+    yield
+
+
+def memory_child(variant: str, policy_name: str, quick: bool) -> None:
+    trainer = make_trainer(policy_name, beta=0.0 if variant == "no_kl" else 0.004, quick=quick)
+    trainer.train_step()  # warm-up (allocator, lazy init)
+    if variant == "copy":
+        with copied_reference(trainer):
+            _measure(trainer)
+    else:
+        _measure(trainer)
+
+
+def _measure(trainer: GRPOTrainer) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        trainer.train_step()
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _rss_bytes()
+        trainer.train_step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (< 2 minutes)")
+    parser.add_argument("--policy", default="tiny", help="policy config (wan2.1-1.3b needs a large GPU)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.policy, args.quick)
+        return
+    repeats = 2 if args.quick else args.repeats
+    trainer = make_trainer(args.policy, beta=0.004, quick=args.quick)
+    trainer.train_step()  # warm-up
+    phases = {k: [] for k in ("time/conditions", "time/rollout", "time/decode", "time/reward", "time/update")}
+    floors = []
+    for _ in range(repeats):
+        logged = trainer.train_step()
+        for k in phases:
+            phases[k].append(logged[k])
+        floors.append(floor_seconds(trainer))
+    median = {k.removeprefix("time/"): statistics.median(v) for k, v in phases.items()}
+    floor = statistics.median(floors)
+    c = trainer.config
+    print(f"GRPO step, policy {args.policy}, {c.num_generations} rollouts of {c.num_frames}x{c.height}x{c.width}, "
+          f"{c.num_sampling_steps} steps, {len(select_timesteps(c.num_sampling_steps, c.train_timestep_fraction))} trained, beta {c.beta}, "
+          f"device {trainer.accelerator.device}")
+    for name, value in median.items():
+        print(f"  {name:10s} {value:7.3f} s")
+    print(f"  floor      {floor:7.3f} s (bare DiT: rollout forwards + trained forward/backward + reference forwards)")
+    overhead = (median["rollout"] + median["update"]) / floor
+
+    peaks = {}
+    for variant in ("with_reference", "no_kl", "copy"):
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--memory-child", variant, "--policy", args.policy, *(["--quick"] if args.quick else [])],
+            capture_output=True, text=True, check=True,
+        )
+        peaks[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    for variant, value in peaks.items():
+        print(f"  peak memory added by a step, {variant:15s} {value / 2**20:8.1f} MiB")
+    ratio = peaks["with_reference"] / max(peaks["no_kl"], 1)
+    print(f"  deep-copied reference / no KL: {peaks['copy'] / max(peaks['no_kl'], 1):.2f}")
+    print(f"step_overhead={overhead:.2f} ref_memory_ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
