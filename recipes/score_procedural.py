@@ -79,11 +79,11 @@ def write_report(config: ScoreProceduralConfig, consistent: list[dict], broken: 
     lines += [f"| {n} | " + " | ".join(f"{aucs[n][v]:.2f}" for v in VARIANTS) + " |" for n in names]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "scores.json").write_text(json.dumps({"config": asdict(config), "consistent": consistent, "broken": broken, "auc": aucs}, indent=1))
-    fig, ax = plt.subplots(figsize=(1.2 * len(VARIANTS) + 2, 0.5 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(0.8 * len(VARIANTS) + 2.5, 0.5 * len(names) + 1.8))
     grid = torch.tensor([[aucs[n][v] for v in VARIANTS] for n in names])
     ax.imshow(grid.nan_to_num(0.5), vmin=0.5, vmax=1.0, cmap="viridis")
     for (r, c), value in zip(torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(VARIANTS))).tolist(), grid.flatten().tolist()):
-        ax.text(c, r, "n/a" if math.isnan(value) else f"{value:.2f}", ha="center", va="center", color="w", fontsize=8)
+        ax.text(c, r, "n/a" if math.isnan(value) else f"{value:.2f}", ha="center", va="center", color="k" if value > 0.8 else "w", fontsize=8)
     ax.set_xticks(range(len(VARIANTS)), VARIANTS, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_title("AUC: consistent ranked above broken")
