@@ -38,7 +38,7 @@ from .video import write_video
 class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
-    > Model: policy, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
+    > Model: policy, wan_model_path, dit_path, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
     > Data: num_frames, height, width, conditions_per_step (per process), num_generations (group size).
     > Sampling: num_sampling_steps, shift, noise_level, train_timestep_fraction.
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
@@ -49,6 +49,8 @@ class GRPOConfig:
 
     output_dir: str = field(default="outputs/grpo", metadata={"help": "Run folder: checkpoints, logs, samples."})
     policy: str = field(default="tiny", metadata={"help": "Policy architecture: 'tiny' or 'wan2.1-1.3b'."})
+    wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 weights folder (diffusers or original layout)."})
+    dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] = field(

@@ -12,12 +12,14 @@ from trl import TrlParser
 
 from lyra_rl.reward import RewardSet
 from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+from policies.loading import load_pretrained
 from policies.wan_camera import WanCameraPolicy
 
 
 def main(config: GRPOConfig) -> list[dict[str, float]]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True makes a real gloo group on CPU
     policy = WanCameraPolicy.from_config(config.policy, seed=config.seed)
+    load_pretrained(policy, config.wan_model_path, config.dit_path)
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
     policy.to(accelerator.device)
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)

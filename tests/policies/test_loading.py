@@ -1,0 +1,102 @@
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
+from policies.loading import load_pretrained
+from policies.wan_camera import WanCameraPolicy
+
+# diffusers -> original Wan / DiffSynth key names (the inverse of diffusers' converter), to build
+# checkpoints with the real key names the released weights use.
+TO_ORIGINAL = [
+    (r"condition_embedder\.time_embedder\.linear_1", "time_embedding.0"),
+    (r"condition_embedder\.time_embedder\.linear_2", "time_embedding.2"),
+    (r"condition_embedder\.text_embedder\.linear_1", "text_embedding.0"),
+    (r"condition_embedder\.text_embedder\.linear_2", "text_embedding.2"),
+    (r"condition_embedder\.time_proj", "time_projection.1"),
+    (r"\.attn1\.", ".self_attn."), (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."), (r"\.to_q\.", ".q."), (r"\.to_k\.", ".k."), (r"\.to_v\.", ".v."),
+    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."), (r"\.ffn\.net\.2\.", ".ffn.2."),
+    (r"\.norm2\.", ".norm3."),
+    (r"^scale_shift_table$", "head.modulation"), (r"^proj_out\.", "head.head."),
+    (r"\.scale_shift_table$", ".modulation"),
+]
+
+
+def original_keys(state):
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in TO_ORIGINAL:
+            key = re.sub(pattern, replacement, key)
+        out[key] = value.clone()
+    return out
+
+
+def velocity(policy):
+    torch.manual_seed(3)
+    cameras = Cameras.from_trajectory(trajectory_preset("forward_left", 9), default_intrinsics(32, 48))
+    cond = policy.condition(torch.rand(1, 3, 32, 48), ["a room"], cameras)
+    latents = torch.randn(1, *policy.latent_shape(9, 32, 48))
+    return policy.velocity(latents, torch.tensor([0.6]), cond), policy.decode(latents, cond)
+
+
+@pytest.fixture
+def source():
+    policy = WanCameraPolicy.from_config("tiny", seed=1)
+    for block in policy.transformer.blocks:  # a "fine-tuned" camera DiT
+        torch.nn.init.normal_(block.cam_encoder.weight, std=0.2)
+    return policy
+
+
+def base_state(policy):
+    return {k: v.clone() for k, v in policy.transformer.state_dict().items() if ".cam_encoder." not in k and ".projector." not in k}
+
+
+def test_original_key_names_round_trip_through_the_converter(source):
+    keys = set(original_keys(base_state(source)))
+    assert {"blocks.0.self_attn.q.weight", "blocks.0.cross_attn.o.bias", "blocks.1.ffn.0.weight", "head.head.weight",
+            "head.modulation", "blocks.0.modulation", "blocks.0.norm3.weight", "time_projection.1.weight"} <= keys
+
+
+def test_diffusers_folder_then_dit_path_reproduces_the_policy(source, tmp_path):
+    (tmp_path / "wan" / "transformer").mkdir(parents=True)
+    (tmp_path / "wan" / "vae").mkdir()
+    save_file(base_state(source), tmp_path / "wan" / "transformer" / "diffusion_pytorch_model.safetensors")
+    save_file(source.vae.state_dict(), tmp_path / "wan" / "vae" / "diffusion_pytorch_model.safetensors")
+    torch.save(original_keys(source.transformer.state_dict()), tmp_path / "astra.ckpt")  # DiffSynth names + camera
+    target = WanCameraPolicy.from_config("tiny", seed=2)
+    source.encode_prompts(["a room"])
+    target._text_cache = dict(source._text_cache)  # the text encoder is not part of these checkpoints
+    load_pretrained(target, tmp_path / "wan")
+    v_base, _ = velocity(target)
+    load_pretrained(target, dit_path=tmp_path / "astra.ckpt")
+    (v_target, video_target), (v_source, video_source) = velocity(target), velocity(source)
+    torch.testing.assert_close(v_target, v_source)
+    torch.testing.assert_close(video_target, video_source)
+    assert (v_base - v_source).abs().max() > 1e-4  # the camera modules came from the --dit_path
+
+
+def test_original_folder_layout(source, tmp_path):
+    save_file(original_keys(base_state(source)), tmp_path / "diffusion_pytorch_model.safetensors")
+    torch.save(source.vae.state_dict(), tmp_path / "Wan2.1_VAE.pth")
+    target = WanCameraPolicy.from_config("tiny", seed=2)
+    load_pretrained(target, tmp_path)
+    for key, value in base_state(source).items():
+        torch.testing.assert_close(target.transformer.state_dict()[key], value)
+
+
+def test_missing_and_unexpected_keys_are_named(source, tmp_path):
+    state = original_keys(source.transformer.state_dict())
+    del state["blocks.1.self_attn.q.weight"]
+    state["blocks.0.lora_magic.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "broken.ckpt")
+    with pytest.raises(KeyError, match=r"missing keys: blocks\.1\.attn1\.to_q\.weight.*unexpected keys: blocks\.0\.lora_magic"):
+        load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "broken.ckpt")
+    base_only = tmp_path / "base.ckpt"
+    torch.save(original_keys(base_state(source)), base_only)
+    with pytest.raises(KeyError, match="cam_encoder"):  # a --dit_path must carry the camera modules
+        load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=base_only)
+    with pytest.raises(FileNotFoundError, match="neither a diffusers folder"):
+        load_pretrained(WanCameraPolicy.from_config("tiny"), tmp_path / "nowhere")
