@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .camera import Cameras
 from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
-from .data.conditions import procedural_conditions
+from .data.conditions import procedural_conditions, read_conditions, user_conditions
 from .reward import RewardSet
 from .rollout import rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
@@ -39,8 +39,8 @@ class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
     > Model: policy, wan_model_path, dit_path, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
-    > Data: num_frames, height, width, conditions_per_step (per process), num_generations (group size).
-    > Sampling: num_sampling_steps, shift, noise_level, train_timestep_fraction.
+    > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
+    > Sampling: num_sampling_steps, shift, noise_level, train_timestep_fraction, train_timestep_window.
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
     > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
@@ -58,6 +58,7 @@ class GRPOConfig:
         metadata={"help": "Module names that get LoRA adapters."},
     )
     train_camera_modules: bool = field(default=True, metadata={"help": "Also train the camera encoders/projectors."})
+    conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
     num_frames: int = field(default=9, metadata={"help": "Frames per video (4k+1)."})
     height: int = field(default=32, metadata={"help": "Frame height (multiple of 16)."})
     width: int = field(default=48, metadata={"help": "Frame width (multiple of 16)."})
@@ -66,7 +67,8 @@ class GRPOConfig:
     num_sampling_steps: int = field(default=8, metadata={"help": "Denoising steps of a training rollout."})
     shift: float = field(default=5.0, metadata={"help": "Flow-matching timestep shift (Wan uses 5)."})
     noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO SDE noise level a."})
-    train_timestep_fraction: float = field(default=0.5, metadata={"help": "Fraction of denoising steps trained (SDE); the rest run the ODE."})
+    train_timestep_fraction: float = field(default=0.5, metadata={"help": "Fraction of denoising steps trained (SDE), drawn at random each step (DanceGRPO); the rest run the ODE."})
+    train_timestep_window: int | None = field(default=None, metadata={"help": "Instead of a random fraction, train a window of this many consecutive steps that slides by one each GRPO step (MixGRPO)."})
     beta: float = field(default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."})
     epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
     scale_rewards: bool = field(default=True, metadata={"help": "Divide advantages by the group std."})
@@ -90,6 +92,8 @@ class GRPOConfig:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
+        if self.train_timestep_window is not None and not 1 <= self.train_timestep_window <= self.num_sampling_steps:
+            raise ValueError(f"train_timestep_window must be in [1, num_sampling_steps], got {self.train_timestep_window}")
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
 
@@ -109,6 +113,7 @@ class GRPOTrainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.output_dir = Path(config.output_dir)
+        self.entries = None if config.conditions == "procedural" else read_conditions(config.conditions)
 
     def _global_indices(self) -> list[int]:
         per_process = self.config.conditions_per_step
@@ -124,16 +129,27 @@ class GRPOTrainer:
         step_noise = torch.stack([torch.randn((steps, *shape), generator=_seeded(self.config.seed, 2, self.step, i, g)) for i, g in sample_ids], dim=1)
         return initial, step_noise
 
+    def _train_steps(self) -> torch.Tensor:
+        config = self.config
+        if config.train_timestep_window is not None:
+            size = config.train_timestep_window
+            return select_timesteps(config.num_sampling_steps, window=(self.step % (config.num_sampling_steps - size + 1), size))
+        return select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=_seeded(config.seed, 3, self.step))
+
     def train_step(self) -> dict[str, float]:
         config, accelerator, policy = self.config, self.accelerator, self.policy
         device = accelerator.device
         timings = {}
         start = time.perf_counter()
-        batch = procedural_conditions(config.seed, self._global_indices(), config.num_frames, config.height, config.width)
+        size = (config.num_frames, config.height, config.width)
+        if self.entries is None:
+            batch = procedural_conditions(config.seed, self._global_indices(), *size)
+        else:
+            batch = user_conditions(self.entries, self._global_indices(), *size)
         cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
         latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
         initial, step_noise = self._noise(batch.ids, latent_shape)
-        train_steps = select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=_seeded(config.seed, 3, self.step))
+        train_steps = self._train_steps()
         sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
         timings["time/conditions"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -57,3 +57,26 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-5)
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
     assert two["reward"] == pytest.approx(one["reward"], abs=1e-5)
+
+
+def test_training_on_a_folder_of_images(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(2):
+        iio.imwrite(folder / f"{k}.png", np.random.default_rng(k).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+        (folder / f"{k}.txt").write_text(f"scene {k}")
+    trainer = make_trainer(tmp_path / "run", conditions=str(folder), max_steps=1)
+    logged = trainer.train_step()
+    assert logged["step"] == 1 and 0 < logged["reward/total"] < 1
+
+
+def test_mixgrpo_window_slides(tmp_path):
+    trainer = make_trainer(tmp_path, num_sampling_steps=4, train_timestep_window=2, max_steps=3)
+    windows = []
+    for _ in range(3):
+        windows.append(trainer._train_steps().tolist())
+        trainer.step += 1
+    assert windows == [[0, 1], [1, 2], [2, 3]]
