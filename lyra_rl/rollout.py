@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .policy import VideoPolicy
-from .sampling import ode_step, sde_step
+from .sampling import classifier_free_guidance, ode_step, sde_step
 
 
 @dataclass
@@ -25,6 +25,15 @@ class Rollout:
     log_probs: Tensor
 
 
+def guided_velocity(policy: VideoPolicy, x: Tensor, t: Tensor, cond: Any, uncond: Any = None, guidance_scale: float = 1.0) -> Tensor:
+    """The policy's velocity, with classifier-free guidance toward ``cond`` and away from ``uncond``
+    when ``guidance_scale != 1`` (two forward passes; ``uncond`` is e.g. the negative prompt's condition)."""
+    v = policy.velocity(x, t, cond)
+    if uncond is None or guidance_scale == 1.0:
+        return v
+    return classifier_free_guidance(v, policy.velocity(x, t, uncond), guidance_scale)
+
+
 @torch.no_grad()
 def rollout(
     policy: VideoPolicy,
@@ -34,6 +43,8 @@ def rollout(
     sde_mask: Tensor,
     noise_level: float,
     step_noise: Tensor,
+    uncond: Any = None,
+    guidance_scale: float = 1.0,
 ) -> Rollout:
     """Denoises ``noise (B, C, T', H', W')`` from ``sigmas[0]`` to ``sigmas[-1]``.
 
@@ -41,12 +52,13 @@ def rollout(
     ``step_noise[k]`` (``(S, B, C, T', H', W')``; drawn by the caller so that each sample's randomness
     depends on its global index only, not on how the batch is split over processes); they can be
     trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO).
+    With ``guidance_scale != 1`` every step uses :func:`guided_velocity`.
     """
     states, log_probs = [noise], torch.zeros(len(noise), len(sigmas) - 1)
     x = noise
     for k in range(len(sigmas) - 1):
         t = sigmas[k].expand(len(x))
-        v = policy.velocity(x, t, cond)
+        v = guided_velocity(policy, x, t, cond, uncond, guidance_scale)
         if sde_mask[k]:
             step = sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level, noise=step_noise[k])
             x, log_probs[:, k] = step.prev_sample, step.log_prob.float().cpu()

@@ -290,3 +290,19 @@ def gaussian_kl(mean: Tensor, mean_ref: Tensor, std: float | Tensor) -> Tensor:
     safe_std = torch.where(positive, std, torch.ones_like(std))
     kl = (mean.to(dtype) - mean_ref.to(dtype)) ** 2 / (2.0 * safe_std**2)
     return _mean_over_non_batch(torch.where(positive, kl, torch.zeros_like(kl)))
+
+
+def classifier_free_guidance(v_cond: Tensor, v_uncond: Tensor, guidance_scale: float) -> Tensor:
+    """Classifier-free guidance: ``v_uncond + w (v_cond - v_uncond)``.
+
+    ``w = 1`` returns ``v_cond``; ``w = 0`` returns ``v_uncond``. With guidance, every denoising
+    step of a rollout *and* of the GRPO update uses the guided velocity, so the SDE step's
+    log-prob is that of the guided policy (Flow-GRPO's Wan and SD3 recipes train this way).
+
+    Args:
+        v_cond: velocity given the condition, shape :math:`(B, *)`.
+        v_uncond: velocity given the unconditional / negative prompt, same shape.
+        guidance_scale: the weight ``w``.
+    """
+    _check_same_shape(v_cond, v_uncond, "v_uncond")
+    return v_uncond + guidance_scale * (v_cond - v_uncond)

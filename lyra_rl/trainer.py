@@ -29,7 +29,7 @@ from .camera import Cameras
 from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
 from .data.conditions import procedural_conditions, read_conditions, user_conditions
 from .reward import RewardSet
-from .rollout import rollout
+from .rollout import guided_velocity, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
 from .video import write_video
 
@@ -40,7 +40,8 @@ class GRPOConfig:
 
     > Model: policy, wan_model_path, dit_path, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
     > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
-    > Sampling: num_sampling_steps, shift, noise_level, train_timestep_fraction, train_timestep_window.
+    > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
+      train_timestep_window.
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
     > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
@@ -67,6 +68,8 @@ class GRPOConfig:
     num_sampling_steps: int = field(default=8, metadata={"help": "Denoising steps of a training rollout."})
     shift: float = field(default=5.0, metadata={"help": "Flow-matching timestep shift (Wan uses 5)."})
     noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO SDE noise level a."})
+    guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance weight of rollouts and updates (1 = no guidance, one forward pass per step)."})
+    negative_prompt: str = field(default="", metadata={"help": "Prompt of the unconditional branch when guidance_scale != 1."})
     train_timestep_fraction: float = field(default=0.5, metadata={"help": "Fraction of denoising steps trained (SDE), drawn at random each step (DanceGRPO); the rest run the ODE."})
     train_timestep_window: int | None = field(default=None, metadata={"help": "Instead of a random fraction, train a window of this many consecutive steps that slides by one each GRPO step (MixGRPO)."})
     beta: float = field(default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."})
@@ -147,13 +150,18 @@ class GRPOTrainer:
         else:
             batch = user_conditions(self.entries, self._global_indices(), *size)
         cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
+        uncond = None
+        if config.guidance_scale != 1.0:
+            negative = [config.negative_prompt] * len(batch.prompts)
+            uncond = policy.condition(batch.images, negative, batch.cameras).repeat(config.num_generations)
         latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
         initial, step_noise = self._noise(batch.ids, latent_shape)
         train_steps = self._train_steps()
         sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
         timings["time/conditions"] = time.perf_counter() - start
         start = time.perf_counter()
-        result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level, step_noise.to(device))
+        result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
+                         step_noise.to(device), uncond, config.guidance_scale)
         timings["time/rollout"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -183,11 +191,13 @@ class GRPOTrainer:
             for k in train_steps.tolist():
                 x, x_next = result.states[k], result.states[k + 1]
                 t = self.sigmas[k].expand(local).to(device)
-                step = sde_step(x, policy.velocity(x, t, cond), self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
+                velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
+                step = sde_step(x, velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
                 kl = None
                 if config.beta > 0:
                     with torch.no_grad(), policy.adapters_disabled():
-                        reference = sde_step(x, policy.velocity(x, t, cond), self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
+                        reference_velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
+                        reference = sde_step(x, reference_velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
                     kl = gaussian_kl(step.mean, reference.mean, step.std)
                 loss, step_metrics = grpo_loss(step.log_prob, result.log_probs[:, k].to(device), advantages, config.epsilon, kl, config.beta)
                 (loss / len(train_steps)).backward()

@@ -5,6 +5,7 @@ import torch
 
 from lyra_rl.sampling import (
     StepOutput,
+    classifier_free_guidance,
     gaussian_kl,
     ode_step,
     sde_step,
@@ -286,3 +287,15 @@ class TestGaussianKL:
         ref = sde_step(x, v_ref, 0.6, 0.5, noise_level=0.7, prev_sample=out.prev_sample)
         kl = gaussian_kl(out.mean, ref.mean, out.std)
         assert (kl > 0).all()
+
+
+class TestClassifierFreeGuidance:
+    def test_weights(self):
+        v_cond, v_uncond = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+        torch.testing.assert_close(classifier_free_guidance(v_cond, v_uncond, 1.0), v_cond)
+        torch.testing.assert_close(classifier_free_guidance(v_cond, v_uncond, 0.0), v_uncond)
+        torch.testing.assert_close(classifier_free_guidance(v_cond, v_uncond, 4.5), 4.5 * v_cond - 3.5 * v_uncond)
+
+    def test_shape_mismatch(self):
+        with pytest.raises(ValueError):
+            classifier_free_guidance(torch.zeros(2, 3), torch.zeros(2, 4), 2.0)

@@ -80,3 +80,11 @@ def test_mixgrpo_window_slides(tmp_path):
         windows.append(trainer._train_steps().tolist())
         trainer.step += 1
     assert windows == [[0, 1], [1, 2], [2, 3]]
+
+
+def test_guidance_steers_rollouts_and_keeps_the_first_ratio_at_one(tmp_path):
+    plain = make_trainer(tmp_path / "plain", max_steps=1).train_step()
+    guided_trainer = make_trainer(tmp_path / "guided", max_steps=1, guidance_scale=4.0, negative_prompt="blurry")
+    guided = guided_trainer.train_step()
+    assert guided["ratio_min"] == guided["ratio_max"] == 1.0
+    assert abs(guided["reward/total"] - plain["reward/total"]) > 1e-4  # the unconditional branch changed the samples
