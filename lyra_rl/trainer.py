@@ -31,7 +31,7 @@ from .data.conditions import procedural_conditions, read_conditions, user_condit
 from .reward import RewardSet
 from .rollout import guided_velocity, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
-from .video import write_video
+from .video import camera_path_video, write_video
 
 
 @dataclass
@@ -221,7 +221,7 @@ class GRPOTrainer:
             logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
         logged["step"] = self.step
         self.history.append(logged)
-        self.last_videos = videos
+        self.last_videos, self.last_cameras = videos, cameras
         return logged
 
     def _all_reduce_gradients(self) -> None:
@@ -231,6 +231,19 @@ class GRPOTrainer:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             param.grad = self.accelerator.reduce(param.grad, "mean")
+
+    def write_sample(self, path: Path) -> Path:
+        """The last step's first rollout as an mp4, with its commanded camera path and, where a reward of the
+        set can estimate cameras (``estimate_trajectory``, as ``pose_consistency`` does), the estimated one."""
+        video = self.last_videos[0].float().cpu()
+        cam_from_world, intrinsics = self.last_cameras.cam_from_world[0], self.last_cameras.intrinsics[0]
+        paths = {"commanded": cam_from_world}
+        estimator = next((r for r in self.reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
+        if estimator is not None:
+            estimated = estimator.estimate_trajectory(video, cam_from_world, intrinsics)
+            if estimated is not None:
+                paths["estimated"] = estimated
+        return write_video(path, camera_path_video(video, paths))
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules."""
@@ -298,7 +311,7 @@ class GRPOTrainer:
             if self.step % config.save_steps == 0 or self.step == config.max_steps:
                 self.save_checkpoint()
                 if accelerator.is_main_process:
-                    write_video(self.output_dir / "samples" / f"step-{self.step}.mp4", self.last_videos[0])
+                    self.write_sample(self.output_dir / "samples" / f"step-{self.step}.mp4")
         progress.close()
         if writer is not None:
             writer.close()

@@ -73,3 +73,49 @@ def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+PATH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+
+
+def camera_path_video(video: Tensor, paths: dict[str, Tensor], min_height: int = 192) -> Tensor:
+    """The video with the camera paths drawn from above beside it, the current camera marked in each frame.
+
+    Args:
+        video: ``(T, 3, H, W)`` in [0, 1]; upscaled (nearest) to at least ``min_height`` rows.
+        paths: name -> ``(T, 4, 4)`` world-to-camera extrinsics, e.g. ``{"commanded": ..., "estimated": ...}``.
+
+    Returns:
+        ``(T, 3, H', W' + H')`` in [0, 1]: the frame on the left, a square top view (x right, z forward up
+        the page) on the right.
+    """
+    for name, cam_from_world in paths.items():
+        if cam_from_world.shape != (len(video), 4, 4):
+            raise ValueError(f"path {name!r} has shape {tuple(cam_from_world.shape)}, expected ({len(video)}, 4, 4)")
+    scale = -(-min_height // video.shape[-2])
+    frames = torch.nn.functional.interpolate(video.float(), scale_factor=scale, mode="nearest")
+    side = frames.shape[-2]
+    centers = {name: invert_pose(p.double()).numpy()[:, :3, 3] for name, p in paths.items()}
+    stacked = np.concatenate(list(centers.values()))
+    half = max(float(np.abs(stacked[:, [0, 2]]).max()) * 1.15, 1e-3)
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(side / dpi, side / dpi), dpi=dpi)
+    markers = []
+    for color, (name, c) in zip(PATH_COLORS, centers.items()):
+        ax.plot(c[:, 0], c[:, 2], "-", color=color, label=name, linewidth=1.2)
+        markers.append(ax.plot(c[:1, 0], c[:1, 2], "o", color=color, markersize=4)[0])
+    ax.set_aspect("equal")
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-0.3 * half, 1.7 * half)
+    ax.tick_params(labelsize=5)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout(pad=0.3)
+    panels = []
+    for t in range(len(video)):
+        for marker, c in zip(markers, centers.values()):
+            marker.set_data(c[t : t + 1, 0], c[t : t + 1, 2])
+        fig.canvas.draw()
+        rgba = np.asarray(fig.canvas.buffer_rgba())[:side, :side, :3]
+        panels.append(torch.from_numpy(rgba.copy()).permute(2, 0, 1).float() / 255)
+    plt.close(fig)
+    return torch.cat([frames, torch.stack(panels)], dim=-1)

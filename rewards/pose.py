@@ -64,21 +64,13 @@ class PoseConsistencyReward(GeometricReward):
         estimated: dict[tuple[int, int], np.ndarray] = {}
         pairs = geometry.pairs(self.gaps)
         for i, j in pairs:
-            pair = commanded.pair(i, j)
-            matches = geometry.matches(i, j)
-            if len(matches) < self.min_matches:
+            pair, matches = commanded.pair(i, j), geometry.matches(i, j)
+            est = self._estimate_pair(geometry, commanded, i, j, threshold)
+            if est is None:
                 failed += 1
                 scores.append(0.0)
                 continue
-            try:
-                R, t = estimate_relative_pose(
-                    pair, matches.points_i, matches.points_j, threshold, rotation_only=not pair.translates
-                )
-            except EstimationError:
-                failed += 1
-                scores.append(0.0)
-                continue
-            est = make_pose(torch.from_numpy(R), torch.from_numpy(np.zeros(3) if t is None else t))
+            R = est[:3, :3].numpy()
             ref = make_pose(torch.from_numpy(pair.R), torch.from_numpy(pair.t))
             e_rot, e_trans = (float(e) for e in pairwise_pose_errors(est, ref))
             score = math.exp(-e_rot / tau_rot)
@@ -112,6 +104,39 @@ class PoseConsistencyReward(GeometricReward):
                 camera_control=errors.camera_control,
             )
         return float(np.mean(scores)), diagnostics
+
+    def _estimate_pair(self, geometry, commanded: CommandedCameras, i: int, j: int, threshold: float) -> Tensor | None:
+        """The estimated ``j_from_i`` pose ``(4, 4)`` float64 (unit or zero translation), None without one."""
+        pair, matches = commanded.pair(i, j), geometry.matches(i, j)
+        if len(matches) < self.min_matches:
+            return None
+        try:
+            R, t = estimate_relative_pose(pair, matches.points_i, matches.points_j, threshold, rotation_only=not pair.translates)
+        except EstimationError:
+            return None
+        return make_pose(torch.from_numpy(R), torch.from_numpy(np.zeros(3) if t is None else t))
+
+    def estimate_trajectory(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor) -> Tensor | None:
+        """The camera path of ``video (T, 3, H, W)`` in [0, 1]: ``(T, 4, 4)`` world-to-camera, frame 0 = identity.
+
+        Consecutive relative poses are estimated as the reward does (with the commanded intrinsics
+        ``(T, 3, 3)``) and chained; step lengths come from the commanded ``cam_from_world (T, 4, 4)``
+        (monocular scale), except where the matches do not move as the command implies (the static guard):
+        there the camera stands still. None if any consecutive pair has no estimate.
+        """
+        cache: dict = {}
+        video, cam_from_world, intrinsics = video.detach().cpu().float(), cam_from_world.cpu(), intrinsics.cpu()
+        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
+        threshold = self.threshold_px * geometry.pixel_scale
+        estimated = {}
+        for k in range(len(video) - 1):
+            pose = self._estimate_pair(geometry, commanded, k, k + 1, threshold)
+            if pose is None:
+                return None
+            if not self.moves_as_commanded(geometry, commanded, k, k + 1, cache):
+                pose[:3, 3] = 0
+            estimated[k, k + 1] = pose.numpy()
+        return chain_consecutive(estimated, commanded)
 
 
 def chain_consecutive(estimated: dict[tuple[int, int], np.ndarray], commanded: CommandedCameras) -> Tensor | None:

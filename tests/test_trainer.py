@@ -8,6 +8,7 @@ import pytest
 
 from grpo_helpers import make_trainer
 from lyra_rl.trainer import latest_checkpoint
+from lyra_rl.video import read_video
 
 
 def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
@@ -37,6 +38,8 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     run = tmp_path / "full"
     assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4.mp4").is_file()
     assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
+    sample, _ = read_video(run / "samples" / "step-4.mp4")
+    assert sample.shape[-1] == sample.shape[-2] + 48 * sample.shape[-2] // 32  # the frame, then the camera path panel
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):

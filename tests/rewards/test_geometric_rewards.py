@@ -101,3 +101,19 @@ def test_kornia_sift_is_a_drop_in_feature_option(large):
     bad, _, _ = score(reward, large.video("forward_right"), large.cameras("forward_left"))
     assert not failed and good > 0.5 and good > bad + 0.3
     assert next(iter(cache.values())).method == "kornia_sift"
+
+
+def test_estimated_trajectory_follows_the_video_not_the_command(small):
+    from lyra_rl.camera import camera_centers, trajectory_errors
+
+    reward, cameras = PoseConsistencyReward(), small.cameras("forward_left")
+    commanded, K = cameras.cam_from_world[0], cameras.intrinsics[0]
+    right = small.cameras("forward_right").cam_from_world[0]
+    on_path = reward.estimate_trajectory(small.video("forward_left"), commanded, K)
+    off_path = reward.estimate_trajectory(small.video("forward_right"), commanded, K)
+    assert on_path.shape == (small.num_frames, 4, 4)
+    assert trajectory_errors(on_path, commanded).rot_err_deg < 5.0  # mean over frames
+    assert trajectory_errors(off_path, right).rot_err_deg < 5.0  # it recovers the path the video took
+    assert trajectory_errors(off_path, commanded).rot_err_deg > 15.0
+    standing = reward.estimate_trajectory(frozen(small.video("forward_left")), commanded, K)
+    assert camera_centers(standing).abs().max() < 1e-6  # a frozen video stands still
