@@ -38,7 +38,8 @@ from .video import camera_path_video, write_video
 class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
-    > Model: policy, wan_model_path, dit_path, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
+    > Model: policy, camera_layout, num_experts, expert, wan_model_path, dit_path, lora_r, lora_alpha,
+      lora_target_modules, train_camera_modules.
     > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
@@ -50,6 +51,9 @@ class GRPOConfig:
 
     output_dir: str = field(default="outputs/grpo", metadata={"help": "Run folder: checkpoints, logs, samples."})
     policy: str = field(default="tiny", metadata={"help": "Policy architecture: 'tiny' or 'wan2.1-1.3b'."})
+    camera_layout: str = field(default="recammaster", metadata={"help": "Camera modules: 'recammaster' (per-block cam_encoder) or 'astra' (Astra's mixture of experts; its --dit_path needs it)."})
+    num_experts: int = field(default=3, metadata={"help": "Camera experts per block (astra layout)."})
+    expert: int = field(default=0, metadata={"help": "The expert routed to (astra layout; 0 = Astra's camera-control default)."})
     wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 weights folder (diffusers or original layout)."})
     dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
@@ -247,11 +251,11 @@ class GRPOTrainer:
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules."""
-        state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(self.policy.transformer).items()}
-        if self.config.train_camera_modules:
-            for name, value in self.policy.transformer.state_dict().items():
-                if ".cam_encoder." in name or ".projector." in name:
-                    state[f"transformer.{name}"] = value
+        transformer = self.policy.transformer
+        state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
+        for name, param in transformer.named_parameters():
+            if param.requires_grad and "lora_" not in name:  # the camera modules, when trained
+                state[f"transformer.{name}"] = param
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
     def save_checkpoint(self) -> Path:

@@ -5,13 +5,16 @@ Layouts users have:
     - the original / DiffSynth one (``Wan-AI/Wan2.1-T2V-1.3B``): ``diffusion_pytorch_model*.safetensors``
       with the original key names (``blocks.N.self_attn.q``, ``head.head``, ...) and ``Wan2.1_VAE.pth``;
     - a fine-tuned DiT checkpoint given as ``--dit_path`` (``.safetensors`` or ``.ckpt``/``.pth``), in either
-      key layout, carrying the camera modules (``blocks.N.cam_encoder``, ``blocks.N.projector``).
+      key layout, carrying the camera modules: ReCamMaster's (``blocks.N.cam_encoder``, ``blocks.N.projector``)
+      or Astra's mixture of experts (``blocks.N.moe.experts.E.0``, ``sekai_processor``, ``blocks.N.projector``;
+      the policy must be built with ``camera_layout="astra"``).
 Original key names are converted with diffusers' own converters. Pickles are read with
 ``torch.load(weights_only=True)`` only. A missing or unexpected key is one clear error that names it.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -19,7 +22,13 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-CAMERA_KEYS = (".cam_encoder.", ".projector.")
+CAMERA_KEYS = (".cam_encoder.", ".projector.", ".moe.experts.", "sekai_processor.")
+# Modules of Astra's checkpoints that its camera-control forward does not use: the FramePack history
+# embedder (lyra-rl generates one chunk without history), the processors and router of other data
+# domains, and the per-block fallback ``cam_encoder`` that the experts replace.
+ASTRA_UNUSED_KEYS = ("clean_x_embedder.", "nuscenes_processor.", "openx_processor.", "global_router.", ".cam_encoder.")
+
+logger = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -77,6 +86,12 @@ def load_transformer(policy, path: str | Path, with_camera: bool) -> None:
             weights do not, and the camera modules keep their output-preserving initialisation.
     """
     state = to_diffusers_transformer_keys(read_state_dict(path))
+    if any(".moe.experts." in k for k in state):
+        if policy.dit.layout != "astra":
+            raise ValueError(f"{path} is an Astra mixture-of-experts checkpoint: build the policy with camera_layout='astra'")
+        skipped = sorted({p.strip(".") for p in ASTRA_UNUSED_KEYS if any(p in k for k in state)})
+        logger.info("%s: skipping Astra modules the single-chunk camera forward does not use: %s", path, ", ".join(skipped))
+        state = {k: v for k, v in state.items() if not any(p in k for p in ASTRA_UNUSED_KEYS)}
     load_strict(policy.transformer, state, f"DiT weights {path}", allow_missing=() if with_camera else CAMERA_KEYS)
 
 

@@ -1,14 +1,19 @@
 """The camera-conditioned Wan2.1 video DiT as a lyra-rl policy (ReCamMaster / Astra-style conditioning).
 
-Architecture: diffusers' ``WanTransformer3DModel`` and ``AutoencoderKLWan``, plus per block
-    - ``blocks.i.cam_encoder``: ``Linear(12 -> dim)``, zero-initialised, embedding the per-latent-frame
-      relative camera (flattened 3x4 camera-to-world pose relative to frame 0); its output is broadcast
-      over the frame's tokens and added to the input of the self-attention branch (``norm1``);
-    - ``blocks.i.projector``: ``Linear(dim -> dim)``, identity-initialised, applied to the self-attention
-      output.
-With these initialisations the model's output equals the base model's. The conditioning image enters
-as the clean first latent frame (its tokens get timestep 0, as Wan2.2's TI2V does); the policy generates
-the remaining latent frames.
+Architecture: diffusers' ``WanTransformer3DModel`` and ``AutoencoderKLWan``, plus camera modules in one of
+two checkpoint layouts (``camera_layout``):
+    - ``"recammaster"`` (ReCamMaster): per block ``blocks.i.cam_encoder = Linear(12 -> dim)``, zero-initialised,
+      embedding the per-latent-frame camera (3x4 camera-to-world pose relative to frame 0, flattened);
+    - ``"astra"`` (Astra's mixture-of-experts layout): a shared ``sekai_processor.projector.0 =
+      Linear(13 -> 25)`` lifts the per-latent-frame action (the 3x4 ``next_from_this`` relative pose, flattened,
+      plus a flag that is 1 on the given first frame) and per block ``blocks.i.moe.experts.e.0 =
+      Linear(25 -> dim)`` (zero-initialised; expert ``e`` is chosen by data domain, 0 = Astra's default);
+and in both ``blocks.i.projector = Linear(dim -> dim)``, identity-initialised. The camera embedding is
+broadcast over the frame's tokens and added to the self-attention input after ``norm1`` and the timestep
+modulation; the projector maps the self-attention output, before the gate (as both models do). With
+these initialisations the model's output equals the base model's. The conditioning image enters as the
+clean first latent frame (its tokens get timestep 0, as Wan2.2's TI2V does); the policy generates the
+remaining latent frames.
 
 Convention:
     Videos ``(B, T, 3, H, W)`` in ``[0, 1]`` with ``T = 4k + 1``; generated latents ``(B, C, k, H/8, W/8)``
@@ -30,7 +35,8 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from lyra_rl.camera import Cameras, invert_pose, relative_to_first
 
-CAMERA_DIM = 12
+CAMERA_LAYOUTS = {"recammaster": 12, "astra": 13}  # layout -> per-latent-frame camera feature size
+ASTRA_UNIFIED_DIM = 25
 
 # Named architectures. "wan2.1-1.3b" are the published Wan2.1-T2V-1.3B shapes.
 TRANSFORMER_CONFIGS = {
@@ -63,7 +69,8 @@ class WanCondition:
 
     Attributes:
         text: prompt embeddings ``(B, L, text_dim)``.
-        camera: per-latent-frame relative camera ``(B, F, 12)`` (``F`` latent frames including the first).
+        camera: per-latent-frame camera features ``(B, F, 12 or 13)`` (``F`` latent frames including the first;
+            see :func:`camera_features`).
         image_latents: the conditioning image's latent frame ``(B, C, 1, h, w)``.
     """
 
@@ -76,17 +83,53 @@ class WanCondition:
         return WanCondition(*(x.repeat_interleave(times, dim=0) for x in (self.text, self.camera, self.image_latents)))
 
 
-def camera_features(cameras: Cameras, num_latent_frames: int, temporal_stride: int = 4) -> Tensor:
-    """Per-latent-frame camera features ``(B, F, 12)``: camera-to-world poses relative to frame 0, 3x4 flattened.
+def camera_features(cameras: Cameras, num_latent_frames: int, layout: str = "recammaster", temporal_stride: int = 4) -> Tensor:
+    """Per-latent-frame camera features ``(B, F, 12)`` (``recammaster``) or ``(B, F, 13)`` (``astra``).
 
     Latent frame ``f`` carries the camera of video frame ``temporal_stride * f`` (the VAE's 4x temporal
-    compression), as ReCamMaster samples them.
+    compression), as ReCamMaster and Astra sample them.
+        - ``recammaster``: the 3x4 camera-to-world pose relative to frame 0, flattened.
+        - ``astra``: the 3x4 relative pose ``next_from_this = E[f + 1] E[f]^-1`` of the world-to-camera
+          extrinsics (Astra's ``compute_relative_pose``; the last latent frame repeats the previous motion),
+          flattened, then a flag that is 1 on the given first frame and 0 on generated ones.
     """
+    if layout not in CAMERA_LAYOUTS:
+        raise ValueError(f"unknown camera layout {layout!r}; known: {sorted(CAMERA_LAYOUTS)}")
     frames = torch.arange(num_latent_frames) * temporal_stride
     if frames[-1] >= cameras.num_frames:
         raise ValueError(f"{num_latent_frames} latent frames need {frames[-1] + 1} camera frames, got {cameras.num_frames}")
-    world_from_cam = invert_pose(relative_to_first(cameras.cam_from_world.double()))
-    return world_from_cam[:, frames, :3, :].flatten(-2).float()
+    cam_from_world = relative_to_first(cameras.cam_from_world.double())[:, frames]
+    if layout == "recammaster":
+        return invert_pose(cam_from_world)[..., :3, :].flatten(-2).float()
+    if num_latent_frames < 2:
+        raise ValueError("the astra layout's relative motion needs at least 2 latent frames")
+    motion = cam_from_world[:, 1:] @ invert_pose(cam_from_world[:, :-1])
+    motion = torch.cat([motion, motion[:, -1:]], dim=1)
+    flag = torch.zeros(*motion.shape[:2], 1, dtype=motion.dtype)
+    flag[:, 0] = 1
+    return torch.cat([motion[..., :3, :].flatten(-2), flag], dim=-1).float()
+
+
+class ModalityProcessor(nn.Module):
+    """Astra's ``<domain>_processor``: lifts a per-frame action vector to the experts' input size."""
+
+    def __init__(self, in_features: int, unified_dim: int = ASTRA_UNIFIED_DIM):
+        super().__init__()
+        self.projector = nn.Sequential(nn.Linear(in_features, unified_dim))
+
+    def forward(self, action: Tensor) -> Tensor:
+        return self.projector(action)
+
+
+class CameraExperts(nn.Module):
+    """Astra's per-block ``moe``: one ``Linear(unified_dim -> dim)`` expert per data domain, hard-routed."""
+
+    def __init__(self, dim: int, num_experts: int, unified_dim: int = ASTRA_UNIFIED_DIM):
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(unified_dim, dim)) for _ in range(num_experts))
+        for expert in self.experts:
+            nn.init.zeros_(expert[0].weight)
+            nn.init.zeros_(expert[0].bias)
 
 
 class ByteTokenizer:
@@ -105,11 +148,14 @@ class ByteTokenizer:
         return ids, mask
 
 
-def _add_camera_tokens(norm1: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook on ``block.norm1``: the self-attention branch sees ``x + cam_encoder(camera)``."""
-    block = norm1._lyra_block
-    camera = block.cam_encoder(block._lyra_camera.to(block.cam_encoder.weight.dtype))
-    return (args[0] + camera.to(args[0].dtype),) + args[1:]
+def _add_camera_embedding(attn1: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook on ``block.attn1``: its input (``norm1`` output after the timestep modulation) gets the
+    block's camera embedding, per latent frame broadcast over the frame's tokens."""
+    block = attn1._lyra_block
+    camera = block._lyra_camera
+    encoder = block.moe.experts[block._lyra_expert] if hasattr(block, "moe") else block.cam_encoder
+    embedding = encoder(camera.to(args[0].dtype)).repeat_interleave(block._lyra_tokens_per_frame, dim=1)
+    return (args[0] + embedding,) + args[1:]
 
 
 def _project_attention(attn1: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -118,44 +164,64 @@ def _project_attention(attn1: nn.Module, args: tuple, output: Tensor) -> Tensor:
 
 
 class CameraConditionedWan(nn.Module):
-    """``WanTransformer3DModel`` with ReCamMaster-style camera modules attached to every block.
+    """``WanTransformer3DModel`` with camera modules attached to every block (see the module docstring).
 
-    The camera modules are registered inside the diffusers blocks (``blocks.i.cam_encoder``,
-    ``blocks.i.projector``), so state-dict keys match Astra/ReCamMaster checkpoints, and act through
-    forward hooks on ``norm1`` (add the camera tokens to the self-attention input) and ``attn1``
-    (project the self-attention output); the diffusers forward is used as is. The hooks find their
-    block through a plain (unregistered) attribute, so ``copy.deepcopy`` gives an independent model.
+    The camera modules are registered inside the diffusers model (``blocks.i.cam_encoder`` or
+    ``blocks.i.moe``, ``blocks.i.projector``, Astra's ``sekai_processor``), so state-dict keys match
+    ReCamMaster / Astra checkpoints, and act through forward hooks on ``attn1``; the diffusers forward is
+    used as is. The hooks find their block through a plain (unregistered) attribute, so ``copy.deepcopy``
+    gives an independent model.
+
+    Args:
+        transformer: the base DiT.
+        layout: ``"recammaster"`` or ``"astra"``.
+        num_experts: Astra's experts per block.
+        expert: the expert Astra routes to (0: its default camera-control domain).
     """
 
-    def __init__(self, transformer: WanTransformer3DModel):
+    def __init__(self, transformer: WanTransformer3DModel, layout: str = "recammaster", num_experts: int = 3, expert: int = 0):
         super().__init__()
-        self.transformer = transformer
+        if layout not in CAMERA_LAYOUTS:
+            raise ValueError(f"unknown camera layout {layout!r}; known: {sorted(CAMERA_LAYOUTS)}")
+        if not 0 <= expert < num_experts:
+            raise ValueError(f"expert must be in [0, {num_experts}), got {expert}")
+        self.transformer, self.layout = transformer, layout
         dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        if layout == "astra":
+            transformer.sekai_processor = ModalityProcessor(CAMERA_LAYOUTS["astra"])
         for block in transformer.blocks:
-            block.cam_encoder = nn.Linear(CAMERA_DIM, dim)
+            if layout == "astra":
+                block.moe = CameraExperts(dim, num_experts)
+                block._lyra_expert = expert
+            else:
+                block.cam_encoder = nn.Linear(CAMERA_LAYOUTS["recammaster"], dim)
+                nn.init.zeros_(block.cam_encoder.weight)
+                nn.init.zeros_(block.cam_encoder.bias)
             block.projector = nn.Linear(dim, dim)
-            nn.init.zeros_(block.cam_encoder.weight)
-            nn.init.zeros_(block.cam_encoder.bias)
             nn.init.eye_(block.projector.weight)
             nn.init.zeros_(block.projector.bias)
-            for module in (block.norm1, block.attn1):
-                object.__setattr__(module, "_lyra_block", block)  # not a submodule: no cycle in the state dict
-            block.norm1.register_forward_pre_hook(_add_camera_tokens)
+            object.__setattr__(block.attn1, "_lyra_block", block)  # not a submodule: no cycle in the state dict
+            block.attn1.register_forward_pre_hook(_add_camera_embedding)
             block.attn1.register_forward_hook(_project_attention)
 
     def camera_parameters(self) -> Iterator[nn.Parameter]:
+        if self.layout == "astra":
+            yield from self.transformer.sekai_processor.parameters()
         for block in self.transformer.blocks:
-            yield from block.cam_encoder.parameters()
+            yield from (block.moe if self.layout == "astra" else block.cam_encoder).parameters()
             yield from block.projector.parameters()
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, camera: Tensor) -> Tensor:
         """Velocity ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)``, per-token timesteps ``(B, F*h*w/4)``,
-        text ``(B, L, D)`` and cameras ``(B, F, 12)``."""
+        text ``(B, L, D)`` and per-latent-frame camera features ``(B, F, 12 or 13)`` (:func:`camera_features`)."""
+        if camera.shape[-1] != CAMERA_LAYOUTS[self.layout] or camera.shape[1] != latents.shape[2]:
+            raise ValueError(f"camera features {tuple(camera.shape)} do not fit the {self.layout} layout and {latents.shape[2]} latent frames")
         _, p_h, p_w = self.transformer.config.patch_size
         tokens_per_frame = (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)
-        tokens = camera.repeat_interleave(tokens_per_frame, dim=1)
+        if self.layout == "astra":
+            camera = self.transformer.sekai_processor(camera.to(self.transformer.sekai_processor.projector[0].weight.dtype))
         for block in self.transformer.blocks:
-            block._lyra_camera = tokens
+            block._lyra_camera, block._lyra_tokens_per_frame = camera, tokens_per_frame
         try:
             return self.transformer(latents, timestep, text, return_dict=False)[0]
         finally:
@@ -183,15 +249,18 @@ class WanCameraPolicy(nn.Module):
         self._text_cache: dict[str, Tensor] = {}
 
     @classmethod
-    def from_config(cls, name: str = "tiny", seed: int = 0) -> WanCameraPolicy:
-        """Randomly initialised weights of a named architecture (``tiny`` or ``wan2.1-1.3b``)."""
+    def from_config(cls, name: str = "tiny", seed: int = 0, camera_layout: str = "recammaster", num_experts: int = 3,
+                    expert: int = 0) -> WanCameraPolicy:
+        """Randomly initialised weights of a named architecture (``tiny`` or ``wan2.1-1.3b``) with camera
+        modules in ``camera_layout`` (see :class:`CameraConditionedWan`)."""
         if name not in TRANSFORMER_CONFIGS:
             raise ValueError(f"unknown policy config {name!r}; known: {sorted(TRANSFORMER_CONFIGS)}")
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel(**TRANSFORMER_CONFIGS[name])
         vae = AutoencoderKLWan(**VAE_CONFIGS[name])
         text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_CONFIGS[name])) if name == "tiny" else None
-        return cls(CameraConditionedWan(transformer), vae.eval(), text_encoder, ByteTokenizer() if name == "tiny" else None)
+        dit = CameraConditionedWan(transformer, camera_layout, num_experts, expert)
+        return cls(dit, vae.eval(), text_encoder, ByteTokenizer() if name == "tiny" else None)
 
     @property
     def transformer(self) -> WanTransformer3DModel:
@@ -256,7 +325,7 @@ class WanCameraPolicy(nn.Module):
         num_latent_frames = (cameras.num_frames - 1) // 4 + 1
         return WanCondition(
             text=self.encode_prompts(prompts).to(device),
-            camera=camera_features(cameras, num_latent_frames).to(device),
+            camera=camera_features(cameras, num_latent_frames, self.dit.layout).to(device),
             image_latents=self.encode(images[:, None].to(device)),
         )
 

@@ -18,7 +18,7 @@ from policies.wan_camera import WanCameraPolicy
 
 def main(config: GRPOConfig) -> list[dict[str, float]]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True makes a real gloo group on CPU
-    policy = WanCameraPolicy.from_config(config.policy, seed=config.seed)
+    policy = WanCameraPolicy.from_config(config.policy, config.seed, config.camera_layout, config.num_experts, config.expert)
     load_pretrained(policy, config.wan_model_path, config.dit_path)
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
     policy.to(accelerator.device)

@@ -47,7 +47,7 @@ def make_trainer(output_dir, accelerator=None, **overrides):
     settings = dict(output_dir=str(output_dir), rewards=[], learning_rate=1e-2, epsilon=0.2, beta=0.05,
                     train_timestep_fraction=1.0, num_sampling_steps=4, conditions_per_step=2, num_generations=4)
     config = GRPOConfig(**{**settings, **overrides})
-    policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", seed=config.seed))
+    policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", config.seed, config.camera_layout))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
     return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator or Accelerator(cpu=True))
 

@@ -57,7 +57,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
     two, one = run(2, 1), run(1, 2)
     assert two["num_processes"] == 2 and one["num_processes"] == 1
-    assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-5)
+    assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-4)  # float32 GEMMs of other batch sizes
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
     assert two["reward"] == pytest.approx(one["reward"], abs=1e-5)
 
@@ -91,3 +91,14 @@ def test_guidance_steers_rollouts_and_keeps_the_first_ratio_at_one(tmp_path):
     guided = guided_trainer.train_step()
     assert guided["ratio_min"] == guided["ratio_max"] == 1.0
     assert abs(guided["reward/total"] - plain["reward/total"]) > 1e-4  # the unconditional branch changed the samples
+
+
+def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
+    from safetensors.torch import load_file
+
+    trainer = make_trainer(tmp_path, camera_layout="astra", max_steps=1, save_steps=1)
+    trainer.train()
+    saved = load_file(tmp_path / "checkpoint-1" / "adapter.safetensors")
+    assert {"transformer.sekai_processor.projector.0.weight", "transformer.blocks.0.moe.experts.0.0.weight",
+            "transformer.blocks.1.projector.weight"} <= set(saved)
+    assert saved["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init

@@ -100,3 +100,25 @@ def test_missing_and_unexpected_keys_are_named(source, tmp_path):
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=base_only)
     with pytest.raises(FileNotFoundError, match="neither a diffusers folder"):
         load_pretrained(WanCameraPolicy.from_config("tiny"), tmp_path / "nowhere")
+
+
+def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
+    source = WanCameraPolicy.from_config("tiny", seed=1, camera_layout="astra")
+    for block in source.transformer.blocks:  # a trained Astra DiT
+        torch.nn.init.normal_(block.moe.experts[0][0].weight, std=0.2)
+    state = original_keys(source.transformer.state_dict())
+    dim = source.transformer.blocks[0].projector.in_features
+    state.update({  # what Astra's checkpoint also carries, with its shapes
+        "clean_x_embedder.proj.weight": torch.zeros(dim, 4, 1, 2, 2), "clean_x_embedder.proj_4x.bias": torch.zeros(dim),
+        "nuscenes_processor.projector.0.weight": torch.zeros(25, 8), "openx_processor.projector.0.weight": torch.zeros(25, 13),
+        "global_router.weight": torch.zeros(3, 25), "blocks.0.cam_encoder.weight": torch.zeros(dim, 13),
+    })
+    torch.save(state, tmp_path / "astra.ckpt")
+    target = WanCameraPolicy.from_config("tiny", seed=2, camera_layout="astra")
+    source.encode_prompts(["a room"])
+    target._text_cache = dict(source._text_cache)
+    target.vae.load_state_dict(source.vae.state_dict())
+    load_pretrained(target, dit_path=tmp_path / "astra.ckpt")
+    torch.testing.assert_close(velocity(target)[0], velocity(source)[0])
+    with pytest.raises(ValueError, match="camera_layout='astra'"):
+        load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "astra.ckpt")

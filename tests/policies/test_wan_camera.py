@@ -106,3 +106,71 @@ def test_deep_copy_is_an_independent_model(policy):
         torch.nn.init.normal_(block.cam_encoder.weight, std=0.5)
     assert (policy.velocity(latents, t, cond) - clone.velocity(latents, t, cond)).abs().max() > 1e-3
     torch.testing.assert_close(clone.velocity(latents, t, cond), WanCameraPolicy.from_config("tiny", seed=0).velocity(latents, t, cond))
+
+
+def attention_inputs(model, latents, timestep, text, camera):
+    """The input of block 0's self-attention."""
+    seen = []
+    handle = model.transformer.blocks[0].attn1.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(latents, timestep, text, camera)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("layout", ["recammaster", "astra"])
+def test_camera_embedding_is_added_after_norm_and_modulation(layout):
+    """ReCamMaster and Astra add the camera embedding to modulate(norm1(x)), not to x: the attention input
+    then moves linearly with the encoder's weights (before the norm it would not)."""
+    torch.manual_seed(0)
+    model = CameraConditionedWan(WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]), layout)
+    latents, text = torch.randn(1, 4, 3, 4, 6), torch.randn(1, 7, 32)
+    timestep = torch.full((1, 18), 500.0)
+    camera = torch.randn(1, 3, 12 if layout == "recammaster" else 13)
+    encoder = model.transformer.blocks[0].moe.experts[0][0] if layout == "astra" else model.transformer.blocks[0].cam_encoder
+    base = attention_inputs(model, latents, timestep, text, camera)
+    torch.nn.init.normal_(encoder.weight, std=0.3)
+    once = attention_inputs(model, latents, timestep, text, camera) - base
+    encoder.weight.data *= 2
+    twice = attention_inputs(model, latents, timestep, text, camera) - base
+    assert once.abs().max() > 1e-2
+    torch.testing.assert_close(twice, 2 * once)
+
+
+def test_astra_layout_keys_identity_and_expert_routing():
+    torch.manual_seed(0)
+    base = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"])
+    astra = CameraConditionedWan(copy.deepcopy(base), "astra", num_experts=3, expert=1)
+    latents, text = torch.randn(2, 4, 3, 4, 6), torch.randn(2, 7, 32)
+    timestep = torch.full((2, 18), 300.0)
+    camera = torch.randn(2, 3, 13)
+    torch.testing.assert_close(astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0])
+    keys = set(astra.transformer.state_dict())
+    assert {"sekai_processor.projector.0.weight", "blocks.0.moe.experts.2.0.weight", "blocks.1.projector.bias"} <= keys
+    assert not any("cam_encoder" in k for k in keys)
+    for block in astra.transformer.blocks:  # only the routed expert acts
+        torch.nn.init.normal_(block.moe.experts[0][0].weight, std=0.5)
+    torch.testing.assert_close(astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0])
+    for block in astra.transformer.blocks:
+        torch.nn.init.normal_(block.moe.experts[1][0].weight, std=0.5)
+    assert (astra(latents, timestep, text, camera) - base(latents, timestep, text, return_dict=False)[0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="astra layout"):
+        astra(latents, timestep, text, camera[..., :12])
+
+
+def test_astra_camera_features_are_per_step_motion_with_a_given_frame_flag():
+    forward = camera_features(make_cameras("forward", batch=1, frames=9), 3, layout="astra")[0]
+    left = camera_features(make_cameras("left", batch=1, frames=9), 3, layout="astra")[0]
+    assert forward.shape == (3, 13) and forward[:, 12].tolist() == [1.0, 0.0, 0.0]
+    # Astra's presets: forward is a -z step of the world-to-camera motion, +yaw (left) puts +sin in R[0, 2].
+    assert (forward[:, 11] < 0).all() and torch.allclose(forward[:, :11], torch.eye(3, 4).flatten()[:11], atol=1e-6)
+    assert (left[:, 2] > 0).all() and left[:, [3, 7, 11]].abs().max() < 1e-6
+    torch.testing.assert_close(forward[2], forward[1])  # the last latent frame repeats the previous motion
+
+
+def test_astra_shapes_on_the_meta_device():
+    with torch.device("meta"):
+        model = CameraConditionedWan(WanTransformer3DModel(**TRANSFORMER_CONFIGS["wan2.1-1.3b"]), "astra")
+    state = model.transformer.state_dict()
+    assert state["blocks.29.moe.experts.2.0.weight"].shape == (1536, 25)  # Astra's checkpoint shapes
+    assert state["sekai_processor.projector.0.weight"].shape == (25, 13)
+    assert state["blocks.0.projector.weight"].shape == (1536, 1536)
