@@ -8,20 +8,28 @@ Layouts users have:
       key layout, carrying the camera modules: ReCamMaster's (``blocks.N.cam_encoder``, ``blocks.N.projector``)
       or Astra's mixture of experts (``blocks.N.moe.experts.E.0``, ``sekai_processor``, ``blocks.N.projector``;
       the policy must be built with ``camera_layout="astra"``).
-Original key names are converted with diffusers' own converters. Pickles are read with
+    - the text encoder: the original ``models_t5_umt5-xxl-enc-bf16.pth`` (Wan's module names, converted to
+      transformers' ``UMT5EncoderModel``) with ``google/umt5-xxl/``, or diffusers' ``text_encoder/`` with ``tokenizer/``.
+Original DiT and VAE key names are converted with diffusers' own converters. Pickles are read with
 ``torch.load(weights_only=True)`` only. A missing or unexpected key is one clear error that names it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from transformers import UMT5Config, UMT5EncoderModel
 
+from .prompts import WanTokenizer
+
+WAN_T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
+WAN_T5_TOKENIZER = "google/umt5-xxl"
 CAMERA_KEYS = (".cam_encoder.", ".projector.", ".moe.experts.", "sekai_processor.")
 # Modules of Astra's checkpoints that its camera-control forward does not use: the FramePack history
 # embedder (lyra-rl generates one chunk without history), the processors and router of other data
@@ -61,9 +69,10 @@ def to_diffusers_transformer_keys(state: dict[str, Tensor]) -> dict[str, Tensor]
     return dict(state)
 
 
-def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, allow_missing: tuple[str, ...] = ()) -> None:
+def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, allow_missing: tuple[str, ...] = (), assign: bool = False) -> None:
     """Loads ``state`` into ``module``; any unexpected key, or missing key not matching ``allow_missing``,
-    is one ``KeyError`` naming them (and the shape mismatches, if any)."""
+    is one ``KeyError`` naming them (and the shape mismatches, if any). ``assign`` takes the tensors as they
+    are (for a module built on the meta device)."""
     expected = module.state_dict()
     missing = sorted(k for k in expected if k not in state and not any(p in k for p in allow_missing))
     unexpected = sorted(k for k in state if k not in expected)
@@ -75,7 +84,7 @@ def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, allow_mi
         problems = [f"missing keys: {show(missing)}" if missing else "", f"unexpected keys: {show(unexpected)}" if unexpected else "",
                     f"shape mismatches: {show(mismatched)}" if mismatched else ""]
         raise KeyError(f"{what} does not match the model: " + "; ".join(p for p in problems if p))
-    module.load_state_dict(state, strict=False)
+    module.load_state_dict(state, strict=False, assign=assign)
 
 
 def load_transformer(policy, path: str | Path, with_camera: bool) -> None:
@@ -103,8 +112,12 @@ def load_vae(policy, path: str | Path) -> None:
     load_strict(policy.vae, state, f"VAE weights {path}")
 
 
-def load_pretrained(policy, wan_model_path: str | Path | None = None, dit_path: str | Path | None = None) -> None:
+def load_pretrained(policy, wan_model_path: str | Path | None = None, dit_path: str | Path | None = None,
+                    text_encoder: bool = False) -> None:
     """Loads a Wan2.1 folder (either layout) and optionally a fine-tuned DiT with camera modules on top.
+
+    With ``text_encoder``, also the UMT5 text encoder and tokenizer (bf16, kept on the CPU: only prompts that
+    are not cached yet pass through it); without, prompts must come from precomputed embeddings.
 
     The seed's arguments map directly: ``--wan_model_path models/Wan-AI/Wan2.1-T2V-1.3B`` and
     ``--dit_path models/Astra/checkpoints/diffusion_pytorch_model.ckpt``.
@@ -122,5 +135,83 @@ def load_pretrained(policy, wan_model_path: str | Path | None = None, dit_path: 
                 f"{root} is neither a diffusers folder (transformer/, vae/) nor an original Wan2.1 folder "
                 "(diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth)"
             )
+        if text_encoder:
+            policy.text_encoder, policy.tokenizer = load_text_encoder(root)
     if dit_path is not None:
         load_transformer(policy, dit_path, with_camera=True)
+
+
+# Wan's T5 module names -> transformers' UMT5EncoderModel names (per block N). Wan's feed-forward is
+# ``fc2(fc1(x) * gelu(gate(x)))``; transformers' is ``wo(wi_1(x) * gelu(wi_0(x)))``.
+_T5_BLOCK_KEYS = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+
+
+def convert_wan_t5_to_umt5(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Renames an original Wan T5 encoder state dict to ``UMT5EncoderModel`` keys (no copies).
+
+    Raises:
+        KeyError: naming the keys that are not Wan T5 encoder keys.
+    """
+    converted, unknown = {}, []
+    for key, value in state.items():
+        if key == "token_embedding.weight":
+            converted["shared.weight"] = converted["encoder.embed_tokens.weight"] = value
+        elif key == "norm.weight":
+            converted["encoder.final_layer_norm.weight"] = value
+        elif (match := re.fullmatch(r"blocks\.(\d+)\.(.+)", key)) and match.group(2) in _T5_BLOCK_KEYS:
+            converted[f"encoder.block.{match.group(1)}.{_T5_BLOCK_KEYS[match.group(2)]}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        more = f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise KeyError(f"not Wan T5 encoder keys: {', '.join(sorted(unknown)[:5])}{more}")
+    return converted
+
+
+def umt5_config_from_wan_state(state: dict[str, Tensor]) -> UMT5Config:
+    """The ``UMT5Config`` of a Wan T5 encoder state dict, read off its shapes (umt5-xxl: 24 layers, 4096, 64 heads)."""
+    vocab_size, d_model = state["token_embedding.weight"].shape
+    num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    num_buckets, num_heads = state["blocks.0.pos_embedding.embedding.weight"].shape
+    return UMT5Config(
+        vocab_size=vocab_size, d_model=d_model, d_kv=state["blocks.0.attn.q.weight"].shape[0] // num_heads,
+        d_ff=state["blocks.0.ffn.fc1.weight"].shape[0], num_layers=num_layers, num_heads=num_heads,
+        relative_attention_num_buckets=num_buckets, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
+        feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )
+
+
+def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> tuple[UMT5EncoderModel, WanTokenizer]:
+    """Wan2.1's text encoder and tokenizer from an original or diffusers Wan2.1 folder, in ``dtype`` on the CPU.
+
+    The original checkpoint is memory-mapped and the model built on the meta device, so no float32 copy of
+    the 5.7B parameters is ever made.
+
+    Raises:
+        FileNotFoundError: if the folder holds neither layout.
+    """
+    root = Path(folder)
+    if (root / WAN_T5_CHECKPOINT).is_file() and (root / WAN_T5_TOKENIZER).is_dir():
+        state = torch.load(root / WAN_T5_CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+        with torch.device("meta"):
+            encoder = UMT5EncoderModel(umt5_config_from_wan_state(state))
+        converted = {k: v.to(dtype) for k, v in convert_wan_t5_to_umt5(state).items()}
+        load_strict(encoder, converted, f"text encoder {root / WAN_T5_CHECKPOINT}", assign=True)
+        return encoder.eval(), WanTokenizer.from_pretrained(root / WAN_T5_TOKENIZER)
+    if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
+        encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)
+        return encoder.eval(), WanTokenizer.from_pretrained(root / "tokenizer")
+    raise FileNotFoundError(
+        f"no Wan2.1 text encoder in {root}: expected {WAN_T5_CHECKPOINT} with {WAN_T5_TOKENIZER}/, or text_encoder/ with tokenizer/"
+    )

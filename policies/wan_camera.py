@@ -35,6 +35,8 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from lyra_rl.camera import Cameras, invert_pose, relative_to_first
 
+from .prompts import ByteTokenizer
+
 CAMERA_LAYOUTS = {"recammaster": 12, "astra": 13}  # layout -> per-latent-frame camera feature size
 ASTRA_UNIFIED_DIM = 25
 
@@ -130,22 +132,6 @@ class CameraExperts(nn.Module):
         for expert in self.experts:
             nn.init.zeros_(expert[0].weight)
             nn.init.zeros_(expert[0].bias)
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (+3 for pad/eos/unk), for the tiny text encoder that ships no vocabulary."""
-
-    def __init__(self, max_length: int = 32):
-        self.max_length = max_length
-
-    def __call__(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, prompt in enumerate(prompts):
-            tokens = [x + 3 for x in prompt.encode()[: self.max_length - 1]] + [1]
-            ids[b, : len(tokens)] = torch.tensor(tokens)
-            mask[b, : len(tokens)] = 1
-        return ids, mask
 
 
 def _add_camera_embedding(attn1: nn.Module, args: tuple) -> tuple:
@@ -286,13 +272,23 @@ class WanCameraPolicy(nn.Module):
         finally:
             self.transformer.enable_adapters()
 
+    def add_prompt_embeddings(self, embeddings: dict[str, Tensor]) -> None:
+        """Adds precomputed prompt embeddings ``prompt -> (L, text_dim)`` (e.g. ``prompts.load_prompt_embeddings``)."""
+        self._text_cache.update(embeddings)
+
+    @property
+    def prompt_embeddings(self) -> dict[str, Tensor]:
+        """The cached prompt embeddings ``prompt -> (L, text_dim)``."""
+        return dict(self._text_cache)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
         """Prompt embeddings ``(B, L, text_dim)``, computed once per distinct prompt and cached."""
         missing = sorted({p for p in prompts if p not in self._text_cache})
         if missing:
             if self.text_encoder is None:
-                raise ValueError(f"no text encoder loaded and no cached embedding for {len(missing)} prompt(s)")
+                raise ValueError(f"no text encoder loaded and no cached embedding for {len(missing)} prompt(s), e.g. {missing[0]!r}: "
+                                 "precompute them with recipes/encode_prompts.py")
             ids, mask = self.tokenizer(missing)
             device = next(self.text_encoder.parameters()).device
             hidden = self.text_encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
@@ -324,7 +320,7 @@ class WanCameraPolicy(nn.Module):
         device = next(self.dit.parameters()).device
         num_latent_frames = (cameras.num_frames - 1) // 4 + 1
         return WanCondition(
-            text=self.encode_prompts(prompts).to(device),
+            text=self.encode_prompts(prompts).to(device, self.transformer.condition_embedder.text_embedder.linear_1.weight.dtype),
             camera=camera_features(cameras, num_latent_frames, self.dit.layout).to(device),
             image_latents=self.encode(images[:, None].to(device)),
         )
