@@ -38,8 +38,8 @@ from .video import camera_path_video, write_video
 class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
-    > Model: policy, camera_layout, num_experts, expert, wan_model_path, dit_path, lora_r, lora_alpha,
-      lora_target_modules, train_camera_modules.
+    > Model: policy, camera_layout, num_experts, expert, wan_model_path, dit_path, prompt_embeddings, mixed_precision,
+      lora_r, lora_alpha, lora_target_modules, train_camera_modules.
     > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
@@ -56,6 +56,8 @@ class GRPOConfig:
     expert: int = field(default=0, metadata={"help": "The expert routed to (astra layout; 0 = Astra's camera-control default)."})
     wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 weights folder (diffusers or original layout)."})
     dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
+    prompt_embeddings: str | None = field(default=None, metadata={"help": "Precomputed prompt embeddings (recipes/encode_prompts.py); the text encoder is then not loaded."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16' or 'fp16' (default: accelerate's config): frozen weights in that dtype, LoRA in float32, forward passes under autocast."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] = field(
@@ -97,10 +99,14 @@ class GRPOConfig:
             self.reward_kwargs = json.loads(self.reward_kwargs)
         if (self.num_frames - 1) % 4 or self.num_frames < 5:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"height and width must be multiples of 16 (8x VAE, 2x2 patches), got {self.height}x{self.width}")
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
         if self.train_timestep_window is not None and not 1 <= self.train_timestep_window <= self.num_sampling_steps:
             raise ValueError(f"train_timestep_window must be in [1, num_sampling_steps], got {self.train_timestep_window}")
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
 
@@ -164,8 +170,9 @@ class GRPOTrainer:
         sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
         timings["time/conditions"] = time.perf_counter() - start
         start = time.perf_counter()
-        result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
-                         step_noise.to(device), uncond, config.guidance_scale)
+        with accelerator.autocast():
+            result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
+                             step_noise.to(device), uncond, config.guidance_scale)
         timings["time/rollout"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -195,11 +202,12 @@ class GRPOTrainer:
             for k in train_steps.tolist():
                 x, x_next = result.states[k], result.states[k + 1]
                 t = self.sigmas[k].expand(local).to(device)
-                velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
+                with accelerator.autocast():
+                    velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
                 step = sde_step(x, velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
                 kl = None
                 if config.beta > 0:
-                    with torch.no_grad(), policy.adapters_disabled():
+                    with torch.no_grad(), policy.adapters_disabled(), accelerator.autocast():
                         reference_velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
                         reference = sde_step(x, reference_velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
                     kl = gaussian_kl(step.mean, reference.mean, step.std)

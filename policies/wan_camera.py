@@ -272,6 +272,17 @@ class WanCameraPolicy(nn.Module):
         finally:
             self.transformer.enable_adapters()
 
+    def place(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> WanCameraPolicy:
+        """Moves the DiT and the VAE to ``device``: frozen weights in ``dtype`` (bf16 on GPUs), trainable ones
+        (LoRA, camera modules) in float32, as mixed-precision training wants them. The text encoder stays
+        on the CPU: it only embeds prompts not cached yet."""
+        self.dit.to(device, dtype)
+        self.vae.to(device, dtype)
+        for param in self.dit.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        return self
+
     def add_prompt_embeddings(self, embeddings: dict[str, Tensor]) -> None:
         """Adds precomputed prompt embeddings ``prompt -> (L, text_dim)`` (e.g. ``prompts.load_prompt_embeddings``)."""
         self._text_cache.update(embeddings)

@@ -13,15 +13,21 @@ from trl import TrlParser
 from lyra_rl.reward import RewardSet
 from lyra_rl.trainer import GRPOConfig, GRPOTrainer
 from policies.loading import load_pretrained
+from policies.prompts import load_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
+
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def main(config: GRPOConfig) -> list[dict[str, float]]:
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True makes a real gloo group on CPU
+    # cpu=True makes a real gloo group on CPU; mixed_precision=None leaves accelerate's config in charge.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
     policy = WanCameraPolicy.from_config(config.policy, config.seed, config.camera_layout, config.num_experts, config.expert)
-    load_pretrained(policy, config.wan_model_path, config.dit_path)
+    load_pretrained(policy, config.wan_model_path, config.dit_path, text_encoder=config.prompt_embeddings is None)
+    if config.prompt_embeddings is not None:
+        policy.add_prompt_embeddings(load_prompt_embeddings(config.prompt_embeddings))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    policy.to(accelerator.device)
+    policy.place(accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision])
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:
         history = GRPOTrainer(config, policy, reward_set, accelerator).train()

@@ -49,7 +49,9 @@ def make_trainer(output_dir, accelerator=None, **overrides):
     config = GRPOConfig(**{**settings, **overrides})
     policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", config.seed, config.camera_layout))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator or Accelerator(cpu=True))
+    accelerator = accelerator or Accelerator(cpu=True, mixed_precision=config.mixed_precision)
+    policy.place("cpu", torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32)
+    return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator)
 
 
 if __name__ == "__main__":  # run under `accelerate launch`: prints the run's numbers as JSON on rank 0

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory, trajectory_preset
-from .scenes import make_scene, render
+from .scenes import DEFAULT_NUM_BOXES, make_scene, render
 
 
 @dataclass
@@ -38,6 +38,15 @@ class ConditionBatch:
     ids: Tensor
 
 
+def procedural_prompt(num_boxes: int, direction: str) -> str:
+    return f"a room with {num_boxes} boxes; the camera moves {direction.replace('_', ' ')}"
+
+
+def procedural_prompts() -> list[str]:
+    """Every prompt :func:`procedural_conditions` can give (to precompute their embeddings)."""
+    return [procedural_prompt(n, d) for n in DEFAULT_NUM_BOXES for d in DIRECTIONS]
+
+
 def procedural_conditions(seed: int, indices: list[int], num_frames: int, height: int, width: int) -> ConditionBatch:
     """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, preset ``i mod 7``."""
     images, prompts, trajectories = [], [], []
@@ -47,7 +56,7 @@ def procedural_conditions(seed: int, indices: list[int], num_frames: int, height
         scene = make_scene(seed * 100_003 + index)
         trajectory = trajectory_preset(direction, num_frames)
         images.append(render(scene, trajectory[:1], K, height, width).frames[0])
-        prompts.append(f"a room with {scene.num_boxes} boxes; the camera moves {direction.replace('_', ' ')}")
+        prompts.append(procedural_prompt(scene.num_boxes, direction))
         trajectories.append(trajectory)
     cameras = Cameras(torch.stack(trajectories), K.expand(len(indices), num_frames, 3, 3).clone())
     return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices))

@@ -335,6 +335,10 @@ def _face_shades(num_boxes: int) -> Tensor:
     return _AMBIENT + _DIFFUSE * (_face_normals(num_boxes) @ light).clamp(min=0)
 
 
+DEFAULT_NUM_BOXES = range(3, 8)
+"""Box counts of scenes made without ``num_boxes``."""
+
+
 def make_scene(seed: int, num_boxes: int | None = None, texture_size: int = 256) -> Scene:
     """Builds a deterministic textured room with boxes standing on its floor.
 
@@ -344,7 +348,7 @@ def make_scene(seed: int, num_boxes: int | None = None, texture_size: int = 256)
 
     Args:
         seed: seed of the layout, the textures and their placement (no global random state is used).
-        num_boxes: number of boxes in ``[0, 7]``; by default drawn from ``[3, 7]``.
+        num_boxes: number of boxes in ``[0, 7]``; by default drawn from ``DEFAULT_NUM_BOXES`` (3 to 7).
         texture_size: side ``S`` of the square textures, a power of two ``>= 16``.
 
     Returns:
@@ -356,7 +360,7 @@ def make_scene(seed: int, num_boxes: int | None = None, texture_size: int = 256)
         raise ValueError(f"texture_size must be a power of two >= 16, got {texture_size}")
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    count = int(rng.integers(3, 8)) if num_boxes is None else num_boxes
+    count = int(rng.integers(DEFAULT_NUM_BOXES.start, DEFAULT_NUM_BOXES.stop)) if num_boxes is None else num_boxes
     room_min, room_max = _sample_room(rng)
     box_min, box_max = _sample_boxes(rng, room_min, room_max, count)
     textures = _texture_bank(generator, texture_size)

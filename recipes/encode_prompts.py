@@ -1,0 +1,60 @@
+"""Precompute the prompt embeddings of a run, so that training never loads the 5.7B-parameter text encoder.
+
+Encodes every prompt the conditions can give (and the negative prompt) with Wan2.1's UMT5 encoder and
+writes them to one safetensors file; pass it to training as ``--prompt_embeddings``.
+
+    python recipes/encode_prompts.py --wan_model_path models/Wan-AI/Wan2.1-T2V-1.3B --conditions data/manifest.jsonl \
+        --output outputs/prompt_embeddings.safetensors
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from trl import TrlParser
+
+from lyra_rl.data.conditions import procedural_prompts, read_conditions
+from policies.loading import load_text_encoder
+from policies.prompts import save_prompt_embeddings
+from policies.wan_camera import WanCameraPolicy
+
+
+@dataclass
+class EncodePromptsConfig:
+    """Arguments of prompt encoding.
+
+    > conditions, negative_prompt, policy, wan_model_path, output, batch_size.
+    """
+
+    conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
+    negative_prompt: str = field(default="", metadata={"help": "Also encoded (the unconditional branch of classifier-free guidance)."})
+    policy: str = field(default="tiny", metadata={"help": "'tiny' (its built-in encoder) or 'wan2.1-1.3b' (needs wan_model_path)."})
+    wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 folder holding the text encoder (original or diffusers layout)."})
+    output: str = field(default="outputs/prompt_embeddings.safetensors", metadata={"help": "The safetensors file written."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per encoder call."})
+
+
+def main(config: EncodePromptsConfig) -> Path:
+    policy = WanCameraPolicy.from_config(config.policy)
+    if config.wan_model_path is not None:
+        policy.text_encoder, policy.tokenizer = load_text_encoder(config.wan_model_path)
+    if policy.text_encoder is None:
+        raise ValueError(f"the {config.policy} policy has no built-in text encoder: give --wan_model_path")
+    if torch.cuda.is_available():
+        policy.text_encoder.to("cuda")
+    if config.conditions == "procedural":
+        prompts = procedural_prompts()
+    else:
+        prompts = [entry.prompt for entry in read_conditions(config.conditions)]
+    prompts = sorted({*prompts, config.negative_prompt})
+    for start in tqdm(range(0, len(prompts), config.batch_size), desc="encoding prompts", unit="batch"):
+        policy.encode_prompts(prompts[start : start + config.batch_size])
+    return save_prompt_embeddings(policy.prompt_embeddings, config.output)
+
+
+if __name__ == "__main__":
+    (config,) = TrlParser((EncodePromptsConfig,)).parse_args_and_config()
+    print(main(config))
