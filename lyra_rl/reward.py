@@ -101,8 +101,8 @@ class VideoReward:
 
     Subclasses set ``name`` and ``floor`` and implement :meth:`score_video`, which raises
     :class:`EstimationError` on a video it cannot score; the batch call turns that into ``floor`` with
-    ``failed=True`` and logs a warning. Any other exception is a bug and propagates. Inputs are moved to
-    the CPU once, here.
+    ``failed=True`` (logged at debug level; the trainer logs the failed fraction per step). Any other
+    exception is a bug and propagates. Inputs are moved to the CPU once, here.
     """
 
     name: str = "reward"
@@ -140,7 +140,7 @@ class VideoReward:
                 )
                 ok = True
             except EstimationError as error:
-                logger.warning("%s could not score video %d (%s); using floor %.3g", self.name, b, error, self.floor)
+                logger.debug("%s could not score video %d (%s); using floor %.3g", self.name, b, error, self.floor)
                 value, diag, ok = self.floor, {}, False
             values.append(value)
             failed.append(not ok)

@@ -229,6 +229,8 @@ class GRPOTrainer:
         logged["reward/total"] = float(all_rewards.nanmean())
         for name, values in scores.rewards.items():
             logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
+        for name, values in scores.failed.items():
+            logged[f"failed/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
         for name, values in scores.diagnostics.items():
             logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
         logged["step"] = self.step

@@ -74,7 +74,7 @@ def test_training_on_a_folder_of_images(tmp_path):
         (folder / f"{k}.txt").write_text(f"scene {k}")
     trainer = make_trainer(tmp_path / "run", conditions=str(folder), max_steps=1)
     logged = trainer.train_step()
-    assert logged["step"] == 1 and 0 < logged["reward/total"] < 1
+    assert logged["step"] == 1 and 0 < logged["reward/total"] < 1 and logged["failed/brightness"] == 0.0
 
 
 def test_mixgrpo_window_slides(tmp_path):
@@ -105,10 +105,21 @@ def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
     assert saved["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init
 
 
-def test_bf16_mixed_precision_keeps_lora_in_float32_and_the_first_ratio_at_one(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate's state is a process-wide singleton fixed by the first Accelerator: reset it around a test."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_keeps_lora_in_float32_and_the_first_ratio_at_one(tmp_path, fresh_accelerate_state):
     import torch
 
     trainer = make_trainer(tmp_path, mixed_precision="bf16", max_steps=2)
+    assert trainer.accelerator.mixed_precision == "bf16"
     history = [trainer.train_step() for _ in range(2)]
     dtypes = {n: p.dtype for n, p in trainer.policy.dit.named_parameters()}
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "cam_encoder" in n)
