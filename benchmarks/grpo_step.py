@@ -5,7 +5,9 @@ reference forward when beta > 0), timed in the same run. ``step_overhead`` = (ro
 building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
 Memory: the peak resident memory a step adds (each variant in a fresh process), with the adapter-disabled
 reference vs. the same step without the KL term (``ref_memory_ratio``), and with a deep-copied reference
-for contrast. On CUDA the peaks come from ``torch.cuda.max_memory_allocated``.
+for contrast. On CUDA the peaks come from ``torch.cuda.max_memory_allocated`` and the step runs as the GPU
+recipe does: bf16 weights, float32 LoRA, gradient checkpointing; ``--policy wan2.1-1.3b`` uses Wan2.1-1.3B's
+shapes at 480x832, 33 frames (random weights).
 
     python benchmarks/grpo_step.py --quick      # < 2 minutes; last line: step_overhead=X ref_memory_ratio=Y
 """
@@ -28,9 +30,11 @@ import torch
 from accelerate import Accelerator
 
 from lyra_rl.algorithms.grpo import select_timesteps
+from lyra_rl.data.conditions import procedural_prompts
 from lyra_rl.reward import RewardSet, VideoReward
 from lyra_rl.trainer import GRPOConfig, GRPOTrainer
-from policies.wan_camera import WanCameraPolicy
+from policies.prompts import WAN_TEXT_LENGTH
+from policies.wan_camera import CAMERA_LAYOUTS, WanCameraPolicy
 
 
 class MeanBrightness(VideoReward):
@@ -42,15 +46,26 @@ class MeanBrightness(VideoReward):
 
 
 def make_trainer(policy_name: str, beta: float, quick: bool) -> GRPOTrainer:
-    size = dict(num_frames=9, height=32, width=48) if quick else dict(num_frames=17, height=64, width=96)
+    """Random weights; on CUDA in bf16 (LoRA in float32) with gradient checkpointing, as the GPU recipe runs."""
+    if policy_name == "wan2.1-1.3b":
+        size = dict(num_frames=33, height=480, width=832)
+    else:
+        size = dict(num_frames=9, height=32, width=48) if quick else dict(num_frames=17, height=64, width=96)
+    cuda = torch.cuda.is_available()
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), policy=policy_name, rewards=[], beta=beta, num_sampling_steps=8,
-        train_timestep_fraction=0.5, conditions_per_step=1, num_generations=4, save_steps=10**9, **size,
+        train_timestep_fraction=0.5, conditions_per_step=1, num_generations=4, save_steps=10**9,
+        mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda, **size,
     )
     policy = WanCameraPolicy.from_config(policy_name, seed=0)
+    if policy.text_encoder is None:  # wan2.1-1.3b: stand-in embeddings of Wan's shape for the procedural prompts
+        text_dim = policy.transformer.config.text_dim
+        policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim).to(torch.bfloat16) for p in procedural_prompts()})
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    policy.to(accelerator.device)
+    if config.gradient_checkpointing:
+        policy.dit.enable_gradient_checkpointing()
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision)
+    policy.place(accelerator.device, torch.bfloat16 if cuda else torch.float32)
     return GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
 
 
@@ -61,17 +76,19 @@ def floor_seconds(trainer: GRPOTrainer) -> float:
     full = torch.randn(shape[0], shape[1], shape[2] + 1, *shape[3:], device=device)
     tokens = full.shape[2] * (full.shape[3] // 2) * (full.shape[4] // 2)
     timestep = torch.full((shape[0], tokens), 500.0, device=device)
-    text = torch.randn(shape[0], 32, policy.transformer.config.text_dim, device=device)
-    camera = torch.zeros(shape[0], full.shape[2], 12, device=device)
+    text = torch.randn(shape[0], policy.tokenizer.max_length if policy.tokenizer else WAN_TEXT_LENGTH, policy.transformer.config.text_dim, device=device)
+    camera = torch.zeros(shape[0], full.shape[2], CAMERA_LAYOUTS[policy.dit.layout], device=device)
     num_train = len(select_timesteps(config.num_sampling_steps, config.train_timestep_fraction))
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), trainer.accelerator.autocast():
         for _ in range(config.num_sampling_steps):
             policy.dit(full, timestep, text, camera)
     for _ in range(num_train):
-        policy.dit(full, timestep, text, camera).square().mean().backward()
+        with trainer.accelerator.autocast():
+            loss = policy.dit(full, timestep, text, camera).float().square().mean()
+        loss.backward()
         if config.beta > 0:
-            with torch.no_grad():
+            with torch.no_grad(), trainer.accelerator.autocast():
                 policy.dit(full, timestep, text, camera)
     _sync()
     return time.perf_counter() - start

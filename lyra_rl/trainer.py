@@ -39,7 +39,7 @@ class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
     > Model: policy, camera_layout, num_experts, expert, wan_model_path, dit_path, prompt_embeddings, mixed_precision,
-      lora_r, lora_alpha, lora_target_modules, train_camera_modules.
+      gradient_checkpointing, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
     > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
@@ -58,6 +58,7 @@ class GRPOConfig:
     dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
     prompt_embeddings: str | None = field(default=None, metadata={"help": "Precomputed prompt embeddings (recipes/encode_prompts.py); the text encoder is then not loaded."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16' or 'fp16' (default: accelerate's config): frozen weights in that dtype, LoRA in float32, forward passes under autocast."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute the DiT blocks' activations in the backward pass (less memory, about 1/3 more update time)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] = field(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
+import torch.utils.checkpoint
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from peft import LoraConfig
 from torch import Tensor, nn
@@ -149,6 +150,18 @@ def _project_attention(attn1: nn.Module, args: tuple, output: Tensor) -> Tensor:
     return attn1._lyra_block.projector(output)
 
 
+def _checkpoint_block_with_its_camera(block: nn.Module, *args) -> Tensor:
+    """Gradient checkpointing of one block that recomputes it, in the backward pass, with the camera of the
+    forward pass it belongs to (not whatever forward ran last)."""
+    camera, tokens_per_frame = block._lyra_camera, block._lyra_tokens_per_frame
+
+    def run(*inputs):
+        block._lyra_camera, block._lyra_tokens_per_frame = camera, tokens_per_frame
+        return block(*inputs)
+
+    return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
+
 class CameraConditionedWan(nn.Module):
     """``WanTransformer3DModel`` with camera modules attached to every block (see the module docstring).
 
@@ -189,6 +202,10 @@ class CameraConditionedWan(nn.Module):
             object.__setattr__(block.attn1, "_lyra_block", block)  # not a submodule: no cycle in the state dict
             block.attn1.register_forward_pre_hook(_add_camera_embedding)
             block.attn1.register_forward_hook(_project_attention)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block's activations in the backward pass (camera modules included)."""
+        self.transformer.enable_gradient_checkpointing(_checkpoint_block_with_its_camera)
 
     def camera_parameters(self) -> Iterator[nn.Parameter]:
         if self.layout == "astra":

@@ -27,6 +27,8 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
     if config.prompt_embeddings is not None:
         policy.add_prompt_embeddings(load_prompt_embeddings(config.prompt_embeddings))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
+    if config.gradient_checkpointing:
+        policy.dit.enable_gradient_checkpointing()
     policy.place(accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision])
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:

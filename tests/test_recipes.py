@@ -49,7 +49,7 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     monkeypatch.setattr(WanCameraPolicy, "from_config", without_text_encoder)
     config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), prompt_embeddings=str(path),
                              rewards=["grpo_helpers:Brightness"], max_steps=1, guidance_scale=2.0, negative_prompt="blurry",
-                             num_sampling_steps=2, conditions_per_step=1, num_generations=2)
+                             num_sampling_steps=2, conditions_per_step=1, num_generations=2, gradient_checkpointing=True)
     history = grpo.main(config)
     assert len(history) == 1 and (tmp_path / "run" / "checkpoint-1" / "adapter.safetensors").is_file()
     assert (tmp_path / "run" / "samples" / "step-1.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()

@@ -174,3 +174,26 @@ def test_astra_shapes_on_the_meta_device():
     assert state["blocks.29.moe.experts.2.0.weight"].shape == (1536, 25)  # Astra's checkpoint shapes
     assert state["sekai_processor.projector.0.weight"].shape == (25, 13)
     assert state["blocks.0.projector.weight"].shape == (1536, 1536)
+
+
+def test_gradient_checkpointing_recomputes_with_the_forward_passes_own_camera(policy):
+    latents, t, cond = inputs(policy)
+    _, _, other = inputs(policy, "right")
+    for block in policy.transformer.blocks:
+        torch.nn.init.normal_(block.cam_encoder.weight, std=0.5)
+    policy.add_lora(rank=4, alpha=4)
+
+    def gradients():
+        policy.zero_grad()
+        loss = policy.velocity(latents, t, cond).square().mean()
+        with torch.no_grad():
+            policy.velocity(latents, t, other)  # another camera in between, as a reference pass could be
+        loss.backward()
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    policy.dit.enable_gradient_checkpointing()
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys() and any("cam_encoder" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
