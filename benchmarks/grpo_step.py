@@ -3,9 +3,9 @@
 Floor: the bare DiT forward passes of the rollout, plus forward+backward of the trained timesteps (and the
 reference forward when beta > 0), timed in the same run. ``step_overhead`` = (rollout + update) / floor;
 building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
-Memory: the peak resident memory a step adds (each variant in a fresh process), with the adapter-disabled
-reference vs. the same step without the KL term (``ref_memory_ratio``), and with a deep-copied reference
-for contrast. On CUDA the peaks come from ``torch.cuda.max_memory_allocated`` and the step runs as the GPU
+Memory: the peak tensor memory a step adds, with the adapter-disabled reference vs. the same step without
+the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU from the
+profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs as the GPU
 recipe does: bf16 weights, float32 LoRA, gradient checkpointing; ``--policy wan2.1-1.3b`` uses Wan2.1-1.3B's
 shapes at 480x832, 33 frames (random weights).
 
@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch.profiler import ProfilerActivity, profile
 
 from lyra_rl.algorithms.grpo import select_timesteps
 from lyra_rl.data.conditions import procedural_prompts
@@ -99,11 +95,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 @contextmanager
 def copied_reference(trainer: GRPOTrainer):
     """Swaps the adapter-disabled reference for a deep copy of the base model (the memory contrast)."""
@@ -120,30 +111,34 @@ def copied_reference(trainer: GRPOTrainer):
             policy.dit = trained
 
     policy.adapters_disabled = use_copy
-    yield
+    yield reference
 
 
-def memory_child(variant: str, policy_name: str, quick: bool) -> None:
-    trainer = make_trainer(policy_name, beta=0.0 if variant == "no_kl" else 0.004, quick=quick)
-    trainer.train_step()  # warm-up (allocator, lazy init)
-    if variant == "copy":
-        with copied_reference(trainer):
-            _measure(trainer)
-    else:
-        _measure(trainer)
-
-
-def _measure(trainer: GRPOTrainer) -> None:
+def step_peak_bytes(trainer: GRPOTrainer) -> dict[str, int]:
+    """Peak tensor memory one GRPO step adds, over the whole step and over its update phase (where the
+    reference runs): CUDA's allocator statistics, or on the CPU the running sum of the profiler's allocation
+    and free events (tensor bytes, not the allocator's resident pages)."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+            trainer.train_step()
+        step = torch.cuda.max_memory_allocated() - before
+        return {"step": step, "update": step}  # CUDA keeps one peak per reset: the update dominates at real shapes
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer.train_step()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before = _rss_bytes()
-        trainer.train_step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    print(json.dumps({"peak_bytes": peak}))
+    update = next(e.time_range for e in prof.events() if e.name == "grpo/update")
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    current = step_peak = update_peak = 0
+    update_base = None
+    for event in events:
+        if update_base is None and event.time_range.start >= update.start:
+            update_base = current
+        current += event.self_cpu_memory_usage
+        step_peak = max(step_peak, current)
+        if update.start <= event.time_range.start <= update.end:
+            update_peak = max(update_peak, current - update_base)
+    return {"step": step_peak, "update": update_peak}
 
 
 def main() -> None:
@@ -151,11 +146,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (< 2 minutes)")
     parser.add_argument("--policy", default="tiny", help="policy config (wan2.1-1.3b needs a large GPU)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_child:
-        memory_child(args.memory_child, args.policy, args.quick)
-        return
     repeats = 2 if args.quick else args.repeats
     trainer = make_trainer(args.policy, beta=0.004, quick=args.quick)
     trainer.train_step()  # warm-up
@@ -177,17 +168,21 @@ def main() -> None:
     print(f"  floor      {floor:7.3f} s (bare DiT: rollout forwards + trained forward/backward + reference forwards)")
     overhead = (median["rollout"] + median["update"]) / floor
 
-    peaks = {}
-    for variant in ("with_reference", "no_kl", "copy"):
-        out = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--memory-child", variant, "--policy", args.policy, *(["--quick"] if args.quick else [])],
-            capture_output=True, text=True, check=True,
-        )
-        peaks[variant] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+    peaks = {"with_reference": step_peak_bytes(trainer)}
+    no_kl = make_trainer(args.policy, beta=0.0, quick=args.quick)
+    no_kl.train_step()  # warm-up
+    peaks["no_kl"] = step_peak_bytes(no_kl)
+    del no_kl
+    with copied_reference(trainer) as reference:  # the copy's weights count: they are what it costs
+        trainer.train_step()  # warm-up
+        copy_bytes = sum(t.numel() * t.element_size() for t in reference.state_dict().values())
+        peaks["copy"] = {phase: value + copy_bytes for phase, value in step_peak_bytes(trainer).items()}
     for variant, value in peaks.items():
-        print(f"  peak memory added by a step, {variant:15s} {value / 2**20:8.1f} MiB")
-    ratio = peaks["with_reference"] / max(peaks["no_kl"], 1)
-    print(f"  deep-copied reference / no KL: {peaks['copy'] / max(peaks['no_kl'], 1):.2f}")
+        print(f"  peak memory added, {variant:15s} step {value['step'] / 2**20:8.1f} MiB, update phase {value['update'] / 2**20:8.1f} MiB")
+    ratio = peaks["with_reference"]["step"] / max(peaks["no_kl"]["step"], 1)
+    update_ratio = peaks["with_reference"]["update"] / max(peaks["no_kl"]["update"], 1)
+    print(f"  update phase: adapter-disabled reference / no KL {update_ratio:.2f}, "
+          f"deep-copied reference / no KL {peaks['copy']['update'] / max(peaks['no_kl']['update'], 1):.2f}")
     print(f"step_overhead={overhead:.2f} ref_memory_ratio={ratio:.2f}")
 
 

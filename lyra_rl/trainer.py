@@ -15,14 +15,17 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from .camera import Cameras
@@ -112,6 +115,15 @@ class GRPOConfig:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
 
 
+@contextmanager
+def timed_phase(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Times a phase of a step into ``timings["time/<name>"]`` and labels it ``grpo/<name>`` for torch.profiler."""
+    start = time.perf_counter()
+    with record_function(f"grpo/{name}"):
+        yield
+    timings[f"time/{name}"] = time.perf_counter() - start
+
+
 def _seeded(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(key) % (2**63))
 
@@ -153,40 +165,35 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         config, accelerator, policy = self.config, self.accelerator, self.policy
         device = accelerator.device
-        timings = {}
-        start = time.perf_counter()
-        size = (config.num_frames, config.height, config.width)
-        if self.entries is None:
-            batch = procedural_conditions(config.seed, self._global_indices(), *size)
-        else:
-            batch = user_conditions(self.entries, self._global_indices(), *size)
-        cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
-        uncond = None
-        if config.guidance_scale != 1.0:
-            negative = [config.negative_prompt] * len(batch.prompts)
-            uncond = policy.condition(batch.images, negative, batch.cameras).repeat(config.num_generations)
-        latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
-        initial, step_noise = self._noise(batch.ids, latent_shape)
-        train_steps = self._train_steps()
-        sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
-        timings["time/conditions"] = time.perf_counter() - start
-        start = time.perf_counter()
-        with accelerator.autocast():
+        timings: dict[str, float] = {}
+        with timed_phase("conditions", timings):
+            size = (config.num_frames, config.height, config.width)
+            if self.entries is None:
+                batch = procedural_conditions(config.seed, self._global_indices(), *size)
+            else:
+                batch = user_conditions(self.entries, self._global_indices(), *size)
+            cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
+            uncond = None
+            if config.guidance_scale != 1.0:
+                negative = [config.negative_prompt] * len(batch.prompts)
+                uncond = policy.condition(batch.images, negative, batch.cameras).repeat(config.num_generations)
+            latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
+            initial, step_noise = self._noise(batch.ids, latent_shape)
+            train_steps = self._train_steps()
+            sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
+        with timed_phase("rollout", timings), accelerator.autocast():
             result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
                              step_noise.to(device), uncond, config.guidance_scale)
-        timings["time/rollout"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        videos = policy.decode(result.states[-1], cond)
-        timings["time/decode"] = time.perf_counter() - start
-        start = time.perf_counter()
-        cameras = Cameras(
-            batch.cameras.cam_from_world.repeat_interleave(config.num_generations, 0),
-            batch.cameras.intrinsics.repeat_interleave(config.num_generations, 0),
-        )
-        prompts = [p for p in batch.prompts for _ in range(config.num_generations)]
-        scores = self.reward_set(videos.float().cpu(), cameras, prompts, images=batch.images.repeat_interleave(config.num_generations, 0))
-        timings["time/reward"] = time.perf_counter() - start
+        with timed_phase("decode", timings):
+            videos = policy.decode(result.states[-1], cond)
+        with timed_phase("reward", timings):
+            cameras = Cameras(
+                batch.cameras.cam_from_world.repeat_interleave(config.num_generations, 0),
+                batch.cameras.intrinsics.repeat_interleave(config.num_generations, 0),
+            )
+            prompts = [p for p in batch.prompts for _ in range(config.num_generations)]
+            images = batch.images.repeat_interleave(config.num_generations, 0)
+            scores = self.reward_set(videos.float().cpu(), cameras, prompts, images=images)
 
         local = len(prompts)
         group_ids = batch.ids.repeat_interleave(config.num_generations)
@@ -197,7 +204,31 @@ class GRPOTrainer:
         advantages = advantages_all[offset : offset + local].to(device)
         self.last_advantages = advantages_all
 
-        start = time.perf_counter()
+        with timed_phase("update", timings):
+            metrics, grad_norm = self._update(result, train_steps, cond, uncond, advantages)
+
+        self.step += 1
+        logged = {name: float(np.mean(values)) for name, values in metrics.items()}
+        logged = {name: float(accelerator.reduce(torch.tensor(value, device=device), "mean")) for name, value in logged.items()}
+        logged.update(timings)
+        logged["grad_norm"] = float(grad_norm)
+        logged["reward/total"] = float(all_rewards.nanmean())
+        for name, values in scores.rewards.items():
+            logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
+        for name, values in scores.failed.items():
+            logged[f"failed/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
+        for name, values in scores.diagnostics.items():
+            logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
+        logged["step"] = self.step
+        self.history.append(logged)
+        self.last_videos, self.last_cameras = videos, cameras
+        return logged
+
+    def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[float]], torch.Tensor]:
+        """Inner epochs over the trained steps of the rollouts: replayed SDE steps, clipped loss (+ KL to the
+        adapter-disabled reference), gradient all-reduce, clipping and an optimizer step per epoch."""
+        config, accelerator, policy = self.config, self.accelerator, self.policy
+        device, local = accelerator.device, len(advantages)
         metrics: dict[str, list[float]] = {}
         for _ in range(config.num_iterations):
             for k in train_steps.tolist():
@@ -220,24 +251,7 @@ class GRPOTrainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        timings["time/update"] = time.perf_counter() - start
-
-        self.step += 1
-        logged = {name: float(np.mean(values)) for name, values in metrics.items()}
-        logged = {name: float(accelerator.reduce(torch.tensor(value, device=device), "mean")) for name, value in logged.items()}
-        logged.update(timings)
-        logged["grad_norm"] = float(grad_norm)
-        logged["reward/total"] = float(all_rewards.nanmean())
-        for name, values in scores.rewards.items():
-            logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
-        for name, values in scores.failed.items():
-            logged[f"failed/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
-        for name, values in scores.diagnostics.items():
-            logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
-        logged["step"] = self.step
-        self.history.append(logged)
-        self.last_videos, self.last_cameras = videos, cameras
-        return logged
+        return metrics, grad_norm
 
     def _all_reduce_gradients(self) -> None:
         if self.accelerator.num_processes == 1:
