@@ -5,9 +5,10 @@ reference forward when beta > 0), timed in the same run. ``step_overhead`` = (ro
 building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
 Memory: the peak tensor memory a step adds, with the adapter-disabled reference vs. the same step without
 the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU from the
-profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs as the GPU
-recipe does: bf16 weights, float32 LoRA, gradient checkpointing; ``--policy wan2.1-1.3b`` uses Wan2.1-1.3B's
-shapes at 480x832, 33 frames (random weights).
+profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs in the
+GPU recipe's precision (bf16 frozen weights, float32 LoRA, gradient checkpointing); ``--policy wan2.1-1.3b``
+uses Wan2.1-1.3B's shapes at 480x832, 33 frames (random weights; group of 4, 8 steps, no CFG: CFG doubles
+the forward passes).
 
     python benchmarks/grpo_step.py --quick      # < 2 minutes; last line: step_overhead=X ref_memory_ratio=Y
 """
@@ -87,7 +88,9 @@ def floor_seconds(trainer: GRPOTrainer) -> float:
             with torch.no_grad(), trainer.accelerator.autocast():
                 policy.dit(full, timestep, text, camera)
     _sync()
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    policy.zero_grad(set_to_none=True)  # the floor's gradients must not leak into the next step
+    return elapsed
 
 
 def _sync() -> None:
@@ -116,15 +119,29 @@ def copied_reference(trainer: GRPOTrainer):
 
 def step_peak_bytes(trainer: GRPOTrainer) -> dict[str, int]:
     """Peak tensor memory one GRPO step adds, over the whole step and over its update phase (where the
-    reference runs): CUDA's allocator statistics, or on the CPU the running sum of the profiler's allocation
-    and free events (tensor bytes, not the allocator's resident pages)."""
+    reference runs). On CUDA from the allocator's peak statistics (reset when the update starts); on the CPU
+    from the running sum of the profiler's allocation and free events (tensor bytes, not resident pages)."""
     if torch.cuda.is_available():
+        peaks, update = {}, trainer._update
+
+        def measured_update(*args):
+            peaks["before_update"] = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            try:
+                return update(*args)
+            finally:
+                peaks["update"] = torch.cuda.max_memory_allocated() - base
+                peaks["after"] = torch.cuda.max_memory_allocated()
+
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        trainer._update = measured_update
+        try:
             trainer.train_step()
-        step = torch.cuda.max_memory_allocated() - before
-        return {"step": step, "update": step}  # CUDA keeps one peak per reset: the update dominates at real shapes
+        finally:
+            del trainer._update
+        return {"step": max(peaks["before_update"], peaks["after"]) - before, "update": peaks["update"]}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer.train_step()
     update = next(e.time_range for e in prof.events() if e.name == "grpo/update")

@@ -60,7 +60,7 @@ class GRPOConfig:
     wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 weights folder (diffusers or original layout)."})
     dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
     prompt_embeddings: str | None = field(default=None, metadata={"help": "Precomputed prompt embeddings (recipes/encode_prompts.py); the text encoder is then not loaded."})
-    mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16' or 'fp16' (default: accelerate's config): frozen weights in that dtype, LoRA in float32, forward passes under autocast."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "'no' or 'bf16' (default: accelerate's config): frozen DiT weights in bf16, trained ones in float32, forward passes under autocast."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute the DiT blocks' activations in the backward pass (less memory, about 1/3 more update time)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
@@ -68,7 +68,7 @@ class GRPOConfig:
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
         metadata={"help": "Module names that get LoRA adapters."},
     )
-    train_camera_modules: bool = field(default=True, metadata={"help": "Also train the camera encoders/projectors."})
+    train_camera_modules: bool = field(default=True, metadata={"help": "Also train the camera modules (encoders or Astra's processor and routed expert, projectors)."})
     conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
     num_frames: int = field(default=9, metadata={"help": "Frames per video (4k+1)."})
     height: int = field(default=32, metadata={"help": "Frame height (multiple of 16)."})
@@ -109,8 +109,8 @@ class GRPOConfig:
             raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
         if self.train_timestep_window is not None and not 1 <= self.train_timestep_window <= self.num_sampling_steps:
             raise ValueError(f"train_timestep_window must be in [1, num_sampling_steps], got {self.train_timestep_window}")
-        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision not in (None, "no", "bf16"):  # fp16 would need loss scaling
+            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
 
@@ -221,7 +221,7 @@ class GRPOTrainer:
             logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
         logged["step"] = self.step
         self.history.append(logged)
-        self.last_videos, self.last_cameras = videos, cameras
+        self.last_sample = (videos[0].float().cpu(), cameras[0])  # what write_sample draws
         return logged
 
     def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[float]], torch.Tensor]:
@@ -264,8 +264,8 @@ class GRPOTrainer:
     def write_sample(self, path: Path) -> Path:
         """The last step's first rollout as an mp4, with its commanded camera path and, where a reward of the
         set can estimate cameras (``estimate_trajectory``, as ``pose_consistency`` does), the estimated one."""
-        video = self.last_videos[0].float().cpu()
-        cam_from_world, intrinsics = self.last_cameras.cam_from_world[0], self.last_cameras.intrinsics[0]
+        video, cameras = self.last_sample
+        cam_from_world, intrinsics = cameras.cam_from_world[0], cameras.intrinsics[0]
         paths = {"commanded": cam_from_world}
         estimator = next((r for r in self.reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
         if estimator is not None:

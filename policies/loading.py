@@ -193,7 +193,8 @@ def umt5_config_from_wan_state(state: dict[str, Tensor]) -> UMT5Config:
 
 
 def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> tuple[UMT5EncoderModel, WanTokenizer]:
-    """Wan2.1's text encoder and tokenizer from an original or diffusers Wan2.1 folder, in ``dtype`` on the CPU.
+    """Wan2.1's text encoder (frozen, eval mode) and tokenizer from an original or diffusers Wan2.1 folder, in
+    ``dtype`` on the CPU.
 
     The original checkpoint is memory-mapped and the model built on the meta device, so no float32 copy of
     the 5.7B parameters is ever made.
@@ -208,10 +209,10 @@ def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -
             encoder = UMT5EncoderModel(umt5_config_from_wan_state(state))
         converted = {k: v.to(dtype) for k, v in convert_wan_t5_to_umt5(state).items()}
         load_strict(encoder, converted, f"text encoder {root / WAN_T5_CHECKPOINT}", assign=True)
-        return encoder.eval(), WanTokenizer.from_pretrained(root / WAN_T5_TOKENIZER)
+        return encoder.requires_grad_(False).eval(), WanTokenizer.from_pretrained(root / WAN_T5_TOKENIZER)
     if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
         encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)
-        return encoder.eval(), WanTokenizer.from_pretrained(root / "tokenizer")
+        return encoder.requires_grad_(False).eval(), WanTokenizer.from_pretrained(root / "tokenizer")
     raise FileNotFoundError(
         f"no Wan2.1 text encoder in {root}: expected {WAN_T5_CHECKPOINT} with {WAN_T5_TOKENIZER}/, or text_encoder/ with tokenizer/"
     )

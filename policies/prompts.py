@@ -22,7 +22,8 @@ from transformers import AutoTokenizer
 WAN_TEXT_LENGTH = 512  # tokens per prompt; Wan zero-pads the embedding of the real tokens to this length
 
 def clean_prompt(text: str) -> str:
-    """Wan's prompt cleaning (``clean='whitespace'``): HTML entities unescaped, whitespace collapsed."""
+    """Wan's prompt cleaning (``clean='whitespace'``): HTML entities unescaped, whitespace collapsed (Wan also
+    runs ``ftfy.fix_text``, which repairs mis-decoded Unicode; it is not a dependency here)."""
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
@@ -61,6 +62,16 @@ class ByteTokenizer:
         return ids, mask
 
 
+@torch.no_grad()
+def embed_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> Tensor:
+    """Prompt embeddings ``(B, L, D)`` on the encoder's device: the encoder's last hidden states with the
+    padding positions zeroed, as Wan trims them to the prompt's length and pads with zeros."""
+    ids, mask = tokenizer(prompts)
+    device = next(text_encoder.parameters()).device
+    hidden = text_encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    return hidden * mask.to(device, hidden.dtype)[..., None]
+
+
 def _trim_padding(embedding: Tensor) -> Tensor:
     """``(L, D)`` without its trailing all-zero rows (at least one row is kept)."""
     used = embedding.abs().sum(-1).nonzero()
@@ -71,6 +82,8 @@ def save_prompt_embeddings(embeddings: dict[str, Tensor], path: str | Path) -> P
     """Writes prompt -> ``(L, D)`` zero-padded embeddings as one safetensors file (padding trimmed on disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not embeddings:
+        raise ValueError("no prompt embeddings to save")
     prompts = sorted(embeddings)
     tensors = {str(k): _trim_padding(embeddings[p]) for k, p in enumerate(prompts)}
     text_length = {int(embeddings[p].shape[0]) for p in prompts}

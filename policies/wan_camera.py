@@ -34,9 +34,9 @@ from peft import LoraConfig
 from torch import Tensor, nn
 from transformers import UMT5Config, UMT5EncoderModel
 
-from lyra_rl.camera import Cameras, invert_pose, relative_to_first
+from lyra_rl.camera import Cameras, invert_pose, relative_pose, relative_to_first
 
-from .prompts import ByteTokenizer
+from .prompts import ByteTokenizer, embed_prompts
 
 CAMERA_LAYOUTS = {"recammaster": 12, "astra": 13}  # layout -> per-latent-frame camera feature size
 ASTRA_UNIFIED_DIM = 25
@@ -106,7 +106,7 @@ def camera_features(cameras: Cameras, num_latent_frames: int, layout: str = "rec
         return invert_pose(cam_from_world)[..., :3, :].flatten(-2).float()
     if num_latent_frames < 2:
         raise ValueError("the astra layout's relative motion needs at least 2 latent frames")
-    motion = cam_from_world[:, 1:] @ invert_pose(cam_from_world[:, :-1])
+    motion = relative_pose(cam_from_world[:, :-1], cam_from_world[:, 1:])
     motion = torch.cat([motion, motion[:, -1:]], dim=1)
     flag = torch.zeros(*motion.shape[:2], 1, dtype=motion.dtype)
     flag[:, 0] = 1
@@ -156,8 +156,12 @@ def _checkpoint_block_with_its_camera(block: nn.Module, *args) -> Tensor:
     camera, tokens_per_frame = block._lyra_camera, block._lyra_tokens_per_frame
 
     def run(*inputs):
+        current = block._lyra_camera, block._lyra_tokens_per_frame
         block._lyra_camera, block._lyra_tokens_per_frame = camera, tokens_per_frame
-        return block(*inputs)
+        try:
+            return block(*inputs)
+        finally:
+            block._lyra_camera, block._lyra_tokens_per_frame = current
 
     return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
@@ -208,10 +212,11 @@ class CameraConditionedWan(nn.Module):
         self.transformer.enable_gradient_checkpointing(_checkpoint_block_with_its_camera)
 
     def camera_parameters(self) -> Iterator[nn.Parameter]:
+        """The camera modules that act: encoders (astra: the processor and the routed expert only) and projectors."""
         if self.layout == "astra":
             yield from self.transformer.sekai_processor.parameters()
         for block in self.transformer.blocks:
-            yield from (block.moe if self.layout == "astra" else block.cam_encoder).parameters()
+            yield from (block.moe.experts[block._lyra_expert] if self.layout == "astra" else block.cam_encoder).parameters()
             yield from block.projector.parameters()
 
     def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, camera: Tensor) -> Tensor:
@@ -290,14 +295,16 @@ class WanCameraPolicy(nn.Module):
             self.transformer.enable_adapters()
 
     def place(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> WanCameraPolicy:
-        """Moves the DiT and the VAE to ``device``: frozen weights in ``dtype`` (bf16 on GPUs), trainable ones
-        (LoRA, camera modules) in float32, as mixed-precision training wants them. The text encoder stays
-        on the CPU: it only embeds prompts not cached yet."""
-        self.dit.to(device, dtype)
-        self.vae.to(device, dtype)
-        for param in self.dit.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        """Moves the DiT and the VAE to ``device`` for mixed-precision training: the DiT's frozen weights in
+        ``dtype`` (bf16 on GPUs) except the modules diffusers keeps in float32 (norms, time embedder,
+        modulation tables, RoPE); trainable weights (LoRA, trained camera modules) and the VAE, whose frames
+        the rewards score, in float32. The text encoder stays on the CPU: it only embeds prompts not cached yet."""
+        keep = set(self.transformer._keep_in_fp32_modules or ())
+        self.dit.to(device)
+        self.vae.to(device)
+        for name, param in self.dit.named_parameters():
+            if not param.requires_grad and not keep.intersection(name.split(".")):
+                param.data = param.data.to(dtype)
         return self
 
     def add_prompt_embeddings(self, embeddings: dict[str, Tensor]) -> None:
@@ -317,11 +324,7 @@ class WanCameraPolicy(nn.Module):
             if self.text_encoder is None:
                 raise ValueError(f"no text encoder loaded and no cached embedding for {len(missing)} prompt(s), e.g. {missing[0]!r}: "
                                  "precompute them with recipes/encode_prompts.py")
-            ids, mask = self.tokenizer(missing)
-            device = next(self.text_encoder.parameters()).device
-            hidden = self.text_encoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            hidden = hidden * mask.to(device)[..., None]  # Wan zeroes the padding positions
-            self._text_cache.update(zip(missing, hidden.cpu()))
+            self._text_cache.update(zip(missing, embed_prompts(self.text_encoder, self.tokenizer, missing).cpu()))
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:

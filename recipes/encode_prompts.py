@@ -18,7 +18,7 @@ from trl import TrlParser
 
 from lyra_rl.data.conditions import procedural_prompts, read_conditions
 from policies.loading import load_text_encoder
-from policies.prompts import save_prompt_embeddings
+from policies.prompts import embed_prompts, save_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
 
 
@@ -38,21 +38,25 @@ class EncodePromptsConfig:
 
 
 def main(config: EncodePromptsConfig) -> Path:
-    policy = WanCameraPolicy.from_config(config.policy)
     if config.wan_model_path is not None:
-        policy.text_encoder, policy.tokenizer = load_text_encoder(config.wan_model_path)
-    if policy.text_encoder is None:
+        text_encoder, tokenizer = load_text_encoder(config.wan_model_path)
+    elif config.policy == "tiny":
+        tiny = WanCameraPolicy.from_config("tiny")
+        text_encoder, tokenizer = tiny.text_encoder, tiny.tokenizer
+    else:
         raise ValueError(f"the {config.policy} policy has no built-in text encoder: give --wan_model_path")
     if torch.cuda.is_available():
-        policy.text_encoder.to("cuda")
+        text_encoder.to("cuda")
     if config.conditions == "procedural":
         prompts = procedural_prompts()
     else:
         prompts = [entry.prompt for entry in read_conditions(config.conditions)]
     prompts = sorted({*prompts, config.negative_prompt})
+    embeddings = {}
     for start in tqdm(range(0, len(prompts), config.batch_size), desc="encoding prompts", unit="batch"):
-        policy.encode_prompts(prompts[start : start + config.batch_size])
-    return save_prompt_embeddings(policy.prompt_embeddings, config.output)
+        batch = prompts[start : start + config.batch_size]
+        embeddings.update(zip(batch, embed_prompts(text_encoder, tokenizer, batch).cpu()))
+    return save_prompt_embeddings(embeddings, config.output)
 
 
 if __name__ == "__main__":

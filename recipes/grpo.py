@@ -16,7 +16,7 @@ from policies.loading import load_pretrained
 from policies.prompts import load_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
 
-WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(config: GRPOConfig) -> list[dict[str, float]]:
@@ -29,6 +29,8 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
     if config.gradient_checkpointing:
         policy.dit.enable_gradient_checkpointing()
+    if accelerator.mixed_precision not in WEIGHT_DTYPES:
+        raise ValueError(f"mixed precision {accelerator.mixed_precision!r} is not supported; use 'no' or 'bf16'")
     policy.place(accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision])
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:

@@ -62,6 +62,7 @@ class PoseConsistencyReward(GeometricReward):
         tau_rot, tau_trans = self.tau_rot / geometry.pixel_scale, self.tau_trans / geometry.pixel_scale
         scores, rot_errors, trans_errors, parallaxes, failed, static = [], [], [], [], 0, 0
         estimated: dict[tuple[int, int], np.ndarray] = {}
+        standing: set[tuple[int, int]] = set()
         pairs = geometry.pairs(self.gaps)
         for i, j in pairs:
             pair, matches = commanded.pair(i, j), geometry.matches(i, j)
@@ -83,6 +84,7 @@ class PoseConsistencyReward(GeometricReward):
                 score *= math.exp(-parallaxes[-1] / (self.tau_parallax * geometry.pixel_scale))
             if not self.moves_as_commanded(geometry, commanded, i, j, cache):
                 static += 1
+                standing.add((i, j))
                 score = 0.0
             scores.append(score)
             rot_errors.append(e_rot)
@@ -96,7 +98,7 @@ class PoseConsistencyReward(GeometricReward):
             "failed_pairs": failed / len(pairs),
             "static_pairs": static / len(pairs),
         }
-        chained = chain_consecutive(estimated, commanded)
+        chained = chain_consecutive(estimated, commanded, standing)
         if chained is not None:
             errors = trajectory_errors(chained, cam_from_world)
             diagnostics.update(
@@ -122,27 +124,32 @@ class PoseConsistencyReward(GeometricReward):
         Consecutive relative poses are estimated as the reward does (with the commanded intrinsics
         ``(T, 3, 3)``) and chained; step lengths come from the commanded ``cam_from_world (T, 4, 4)``
         (monocular scale), except where the matches do not move as the command implies (the static guard):
-        there the camera stands still. None if any consecutive pair has no estimate.
+        there the camera does not translate. The same chain gives the reward's trajectory diagnostics. None if
+        any consecutive pair has no estimate.
         """
         cache: dict = {}
         video, cam_from_world, intrinsics = video.detach().cpu().float(), cam_from_world.cpu(), intrinsics.cpu()
         geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
         threshold = self.threshold_px * geometry.pixel_scale
-        estimated = {}
+        estimated, standing = {}, set()
         for k in range(len(video) - 1):
             pose = self._estimate_pair(geometry, commanded, k, k + 1, threshold)
             if pose is None:
                 return None
-            if not self.moves_as_commanded(geometry, commanded, k, k + 1, cache):
-                pose[:3, 3] = 0
             estimated[k, k + 1] = pose.numpy()
-        return chain_consecutive(estimated, commanded)
+            if not self.moves_as_commanded(geometry, commanded, k, k + 1, cache):
+                standing.add((k, k + 1))
+        return chain_consecutive(estimated, commanded, standing)
 
 
-def chain_consecutive(estimated: dict[tuple[int, int], np.ndarray], commanded: CommandedCameras) -> Tensor | None:
+def chain_consecutive(
+    estimated: dict[tuple[int, int], np.ndarray], commanded: CommandedCameras, standing: set[tuple[int, int]] = frozenset()
+) -> Tensor | None:
     """Chains estimated consecutive relative poses into a trajectory ``(T, 4, 4)`` (None if a link is missing).
 
-    Each estimated unit translation is scaled to the commanded step length (unobservable from two views).
+    Each estimated unit translation is scaled to the commanded step length (unobservable from two views),
+    except on the ``standing`` pairs, whose matches do not move as commanded (the static guard): there the
+    camera does not translate.
     """
     num_frames = len(commanded.cam_from_world)
     if any((k, k + 1) not in estimated for k in range(num_frames - 1)):
@@ -150,6 +157,6 @@ def chain_consecutive(estimated: dict[tuple[int, int], np.ndarray], commanded: C
     poses = [np.eye(4)]
     for k in range(num_frames - 1):
         rel = estimated[k, k + 1].copy()
-        rel[:3, 3] *= np.linalg.norm(commanded.pair(k, k + 1).t)
+        rel[:3, 3] *= 0.0 if (k, k + 1) in standing else np.linalg.norm(commanded.pair(k, k + 1).t)
         poses.append(rel @ poses[-1])
     return torch.from_numpy(np.stack(poses)).float()

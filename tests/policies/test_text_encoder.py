@@ -153,3 +153,4 @@ def test_load_pretrained_brings_the_text_encoder(tmp_path):
     policy.text_encoder = None
     load_pretrained(policy, tmp_path, text_encoder=True)
     assert policy.encode_prompts(["a room"]).shape == (1, 512, DIM)
+    assert not any(p.requires_grad for p in policy.text_encoder.parameters()) and not policy.text_encoder.training

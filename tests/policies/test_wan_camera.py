@@ -195,5 +195,6 @@ def test_gradient_checkpointing_recomputes_with_the_forward_passes_own_camera(po
     policy.dit.enable_gradient_checkpointing()
     checkpointed = gradients()
     assert plain.keys() == checkpointed.keys() and any("cam_encoder" in n for n in plain)
+    assert all(block._lyra_camera is None for block in policy.transformer.blocks)  # nothing kept alive
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
