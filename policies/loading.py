@@ -6,8 +6,8 @@ Layouts users have:
       with the original key names (``blocks.N.self_attn.q``, ``head.head``, ...) and ``Wan2.1_VAE.pth``;
     - a fine-tuned DiT checkpoint given as ``--dit_path`` (``.safetensors`` or ``.ckpt``/``.pth``), in either
       key layout, carrying the camera modules: ReCamMaster's (``blocks.N.cam_encoder``, ``blocks.N.projector``)
-      or Astra's mixture of experts (``blocks.N.moe.experts.E.0``, ``sekai_processor``, ``blocks.N.projector``;
-      the policy must be built with ``camera_layout="astra"``).
+      or Astra's mixture of experts (``blocks.N.moe.experts.E.0``, ``sekai_processor``, ``clean_x_embedder.proj``,
+      ``blocks.N.projector``; the policy must be built with ``camera_layout="astra"``).
     - the text encoder: the original ``models_t5_umt5-xxl-enc-bf16.pth`` (Wan's module names, converted to
       transformers' ``UMT5EncoderModel``) with ``google/umt5-xxl/``, or diffusers' ``text_encoder/`` with ``tokenizer/``.
 Original DiT and VAE key names are converted with diffusers' own converters. Pickles are read with
@@ -30,11 +30,12 @@ from .prompts import WanTokenizer
 
 WAN_T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
 WAN_T5_TOKENIZER = "google/umt5-xxl"
-CAMERA_KEYS = (".cam_encoder.", ".projector.", ".moe.experts.", "sekai_processor.")
-# Modules of Astra's checkpoints that its camera-control forward does not use: the FramePack history
-# embedder (lyra-rl generates one chunk without history), the processors and router of other data
-# domains, and the per-block fallback ``cam_encoder`` that the experts replace.
-ASTRA_UNUSED_KEYS = ("clean_x_embedder.", "nuscenes_processor.", "openx_processor.", "global_router.", ".cam_encoder.")
+CAMERA_KEYS = (".cam_encoder.", ".projector.", ".moe.experts.", "sekai_processor.", "clean_x_embedder.proj.")
+# Modules of Astra's checkpoints that its single-image, single-chunk camera-control forward does not use: the
+# 2x and 4x embedders of a longer history, the processors and router of other data domains, and the
+# per-block fallback ``cam_encoder`` that the experts replace.
+ASTRA_UNUSED_KEYS = ("clean_x_embedder.proj_2x.", "clean_x_embedder.proj_4x.", "nuscenes_processor.", "openx_processor.",
+                     "global_router.", ".cam_encoder.")
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ def load_transformer(policy, path: str | Path, with_camera: bool) -> None:
         logger.info("%s: skipping Astra modules the single-chunk camera forward does not use: %s", path, ", ".join(skipped))
         state = {k: v for k, v in state.items() if not any(p in k for p in ASTRA_UNUSED_KEYS)}
     load_strict(policy.transformer, state, f"DiT weights {path}", allow_missing=() if with_camera else CAMERA_KEYS)
+    if not with_camera and policy.dit.layout == "astra":
+        policy.dit.reset_history_embedder()
 
 
 def load_vae(policy, path: str | Path) -> None:

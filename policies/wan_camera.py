@@ -8,12 +8,14 @@ two checkpoint layouts (``camera_layout``):
       Linear(13 -> 25)`` lifts the per-latent-frame action (the 3x4 ``next_from_this`` relative pose, flattened,
       plus a flag that is 1 on the given first frame) and per block ``blocks.i.moe.experts.e.0 =
       Linear(25 -> dim)`` (zero-initialised; expert ``e`` is chosen by data domain, 0 = Astra's default);
+      the given image enters as Astra's clean history (``clean_x_embedder.proj``, see
+      :meth:`CameraConditionedWan.forward_with_history`);
 and in both ``blocks.i.projector = Linear(dim -> dim)``, identity-initialised. The camera embedding is
 broadcast over the frame's tokens and added to the self-attention input after ``norm1`` and the timestep
 modulation; the projector maps the self-attention output, before the gate (as both models do). With
-these initialisations the model's output equals the base model's. The conditioning image enters as the
-clean first latent frame (its tokens get timestep 0, as Wan2.2's TI2V does); the policy generates the
-remaining latent frames.
+these initialisations the camera modules leave the base model's output unchanged. In the ``recammaster``
+layout the conditioning image enters as the clean first latent frame (its tokens get timestep 0, as
+Wan2.2's TI2V does); the policy generates the remaining latent frames.
 
 Convention:
     Videos ``(B, T, 3, H, W)`` in ``[0, 1]`` with ``T = 4k + 1``; generated latents ``(B, C, k, H/8, W/8)``
@@ -23,6 +25,7 @@ Convention:
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -40,6 +43,10 @@ from .prompts import ByteTokenizer, embed_prompts
 
 CAMERA_LAYOUTS = {"recammaster": 12, "astra": 13}  # layout -> per-latent-frame camera feature size
 ASTRA_UNIFIED_DIM = 25
+ASTRA_HISTORY_INDEX = 19
+"""RoPE frame index of Astra's clean history latents when one image is given: its FramePack context holds
+1 start + 16 (4x) + 2 (2x) + 1 (1x) latent slots, the image fills the start and 1x slots, and the chunk's
+generated latents follow at 20, 21, ..."""
 
 # Named architectures. "wan2.1-1.3b" are the published Wan2.1-T2V-1.3B shapes.
 TRANSFORMER_CONFIGS = {
@@ -166,6 +173,28 @@ def _checkpoint_block_with_its_camera(block: nn.Module, *args) -> Tensor:
     return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
 
+def astra_frame_indices(num_generated: int) -> Tensor:
+    """RoPE frame indices of Astra's tokens after one given image: the two history slots, then the chunk."""
+    return torch.cat([torch.full((2,), ASTRA_HISTORY_INDEX), ASTRA_HISTORY_INDEX + 1 + torch.arange(num_generated)])
+
+
+def rope_at_frames(rope: nn.Module, frames: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """diffusers' Wan RoPE ``(cos, sin)``, each ``(1, F*height*width, 1, head_dim)``, for token grids at the
+    given frame indices ``frames (F,)`` (diffusers' own ``rope`` module numbers frames 0, 1, ...)."""
+    sizes = [rope.t_dim, rope.h_dim, rope.w_dim]
+    count = len(frames)
+
+    def grid(table: Tensor) -> Tensor:
+        t, h, w = table.split(sizes, dim=1)
+        return torch.cat([
+            t[frames].view(count, 1, 1, -1).expand(count, height, width, -1),
+            h[:height].view(1, height, 1, -1).expand(count, height, width, -1),
+            w[:width].view(1, 1, width, -1).expand(count, height, width, -1),
+        ], dim=-1).reshape(1, count * height * width, 1, -1)
+
+    return grid(rope.freqs_cos), grid(rope.freqs_sin)
+
+
 class CameraConditionedWan(nn.Module):
     """``WanTransformer3DModel`` with camera modules attached to every block (see the module docstring).
 
@@ -192,6 +221,8 @@ class CameraConditionedWan(nn.Module):
         dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         if layout == "astra":
             transformer.sekai_processor = ModalityProcessor(CAMERA_LAYOUTS["astra"])
+            transformer.clean_x_embedder = nn.Module()  # Astra's embedder of clean history latents (1x scale)
+            transformer.clean_x_embedder.proj = copy.deepcopy(transformer.patch_embedding)
         for block in transformer.blocks:
             if layout == "astra":
                 block.moe = CameraExperts(dim, num_experts)
@@ -207,6 +238,11 @@ class CameraConditionedWan(nn.Module):
             block.attn1.register_forward_pre_hook(_add_camera_embedding)
             block.attn1.register_forward_hook(_project_attention)
 
+    def reset_history_embedder(self) -> None:
+        """Astra layout: the clean-history embedder starts as a copy of the DiT's patch embedding (called again
+        after base weights are loaded into a model whose camera modules are not trained yet)."""
+        self.transformer.clean_x_embedder.proj.load_state_dict(self.transformer.patch_embedding.state_dict())
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each block's activations in the backward pass (camera modules included)."""
         self.transformer.enable_gradient_checkpointing(_checkpoint_block_with_its_camera)
@@ -219,22 +255,76 @@ class CameraConditionedWan(nn.Module):
             yield from (block.moe.experts[block._lyra_expert] if self.layout == "astra" else block.cam_encoder).parameters()
             yield from block.projector.parameters()
 
-    def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, camera: Tensor) -> Tensor:
-        """Velocity ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)``, per-token timesteps ``(B, F*h*w/4)``,
-        text ``(B, L, D)`` and per-latent-frame camera features ``(B, F, 12 or 13)`` (:func:`camera_features`)."""
-        if camera.shape[-1] != CAMERA_LAYOUTS[self.layout] or camera.shape[1] != latents.shape[2]:
-            raise ValueError(f"camera features {tuple(camera.shape)} do not fit the {self.layout} layout and {latents.shape[2]} latent frames")
-        _, p_h, p_w = self.transformer.config.patch_size
-        tokens_per_frame = (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)
+    @contextmanager
+    def _cameras(self, camera: Tensor, tokens_per_frame: int) -> Iterator[None]:
+        """Hands the per-frame camera features ``(B, F, 12 or 13)`` to the blocks' hooks for one forward pass."""
+        if camera.shape[-1] != CAMERA_LAYOUTS[self.layout]:
+            raise ValueError(f"camera features {tuple(camera.shape)} do not fit the {self.layout} layout")
         if self.layout == "astra":
-            camera = self.transformer.sekai_processor(camera.to(self.transformer.sekai_processor.projector[0].weight.dtype))
+            processor = self.transformer.sekai_processor
+            camera = processor(camera.to(processor.projector[0].weight.dtype))
         for block in self.transformer.blocks:
             block._lyra_camera, block._lyra_tokens_per_frame = camera, tokens_per_frame
         try:
-            return self.transformer(latents, timestep, text, return_dict=False)[0]
+            yield
         finally:
             for block in self.transformer.blocks:
                 block._lyra_camera = None
+
+    def _tokens_per_frame(self, latents: Tensor) -> int:
+        _, p_h, p_w = self.transformer.config.patch_size
+        return (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)
+
+    def forward(self, latents: Tensor, timestep: Tensor, text: Tensor, camera: Tensor) -> Tensor:
+        """Velocity ``(B, C, F, h, w)`` for latents ``(B, C, F, h, w)``, per-token timesteps ``(B, F*h*w/4)``,
+        text ``(B, L, D)`` and per-latent-frame camera features ``(B, F, 12 or 13)`` (:func:`camera_features`):
+        diffusers' forward, frames at RoPE indices 0, 1, ..."""
+        if camera.shape[1] != latents.shape[2]:
+            raise ValueError(f"{camera.shape[1]} camera features for {latents.shape[2]} latent frames")
+        with self._cameras(camera, self._tokens_per_frame(latents)):
+            return self.transformer(latents, timestep, text, return_dict=False)[0]
+
+    def forward_with_history(self, latents: Tensor, timestep: Tensor, text: Tensor, camera: Tensor, history: Tensor) -> Tensor:
+        """Astra's forward for one chunk after one given image: velocity ``(B, C, f, h, w)`` of the generated
+        latents ``(B, C, f, h, w)`` at timesteps ``(B,)`` (one per sample, 0-1000).
+
+        The image's clean latent ``history (B, C, 1, h, w)`` fills Astra's start and latest-history slots: both
+        are embedded by ``clean_x_embedder.proj`` and put before the generated tokens at RoPE frame index
+        :data:`ASTRA_HISTORY_INDEX` (the generated ones follow), with the cameras Astra gives them: features
+        0 and 1 for the two history frames, 1..f for the generated ones (``camera (B, 1 + f, 13)``). Every
+        token gets the sample's timestep; only the generated tokens reach the output head.
+        """
+        transformer = self.transformer
+        batch, channels, frames, height, width = latents.shape
+        if camera.shape[1] != 1 + frames:
+            raise ValueError(f"{camera.shape[1]} camera features for 1 given and {frames} generated latent frames")
+        _, p_h, p_w = transformer.config.patch_size
+        grid_h, grid_w = height // p_h, width // p_w
+        per_frame = grid_h * grid_w
+
+        def embed(projection: nn.Module, x: Tensor) -> Tensor:
+            return projection(x.to(projection.weight.dtype)).flatten(2).transpose(1, 2)
+
+        hidden = torch.cat([
+            embed(transformer.clean_x_embedder.proj, torch.cat([history, history], dim=2)),
+            embed(transformer.patch_embedding, latents),
+        ], dim=1).contiguous()
+        frame_index = astra_frame_indices(frames).to(transformer.rope.freqs_cos.device)
+        rotary = rope_at_frames(transformer.rope, frame_index, grid_h, grid_w)
+        temb, timestep_proj, text, _ = transformer.condition_embedder(timestep, text, None)
+        timestep_proj = timestep_proj.unflatten(1, (6, -1))
+        checkpointing = torch.is_grad_enabled() and transformer.gradient_checkpointing
+        with self._cameras(torch.cat([camera[:, :2], camera[:, 1:]], dim=1), per_frame):
+            for block in transformer.blocks:
+                if checkpointing:
+                    hidden = transformer._gradient_checkpointing_func(block, hidden, text, timestep_proj, rotary)
+                else:
+                    hidden = block(hidden, text, timestep_proj, rotary)
+        hidden = hidden[:, -frames * per_frame :]
+        shift, scale = (transformer.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        hidden = transformer.proj_out((transformer.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden))
+        hidden = hidden.reshape(batch, frames, grid_h, grid_w, 1, p_h, p_w, channels)
+        return hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
 class WanCameraPolicy(nn.Module):
@@ -357,7 +447,13 @@ class WanCameraPolicy(nn.Module):
         )
 
     def velocity(self, latents: Tensor, t: Tensor, cond: WanCondition) -> Tensor:
-        """``v(x_t, t)`` of the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``."""
+        """``v(x_t, t)`` of the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``.
+
+        The ``astra`` layout conditions as Astra does (:meth:`CameraConditionedWan.forward_with_history`); the
+        ``recammaster`` one puts the image first in the latent sequence with its tokens at timestep 0.
+        """
+        if self.dit.layout == "astra":
+            return self.dit.forward_with_history(latents, t.float() * 1000, cond.text, cond.camera, cond.image_latents)
         full = torch.cat([cond.image_latents.to(latents.dtype), latents], dim=2)
         _, p_h, p_w = self.transformer.config.patch_size
         tokens_per_frame = (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)

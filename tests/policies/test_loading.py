@@ -109,7 +109,7 @@ def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
     state = original_keys(source.transformer.state_dict())
     dim = source.transformer.blocks[0].projector.in_features
     state.update({  # what Astra's checkpoint also carries, with its shapes
-        "clean_x_embedder.proj.weight": torch.zeros(dim, 4, 1, 2, 2), "clean_x_embedder.proj_4x.bias": torch.zeros(dim),
+        "clean_x_embedder.proj_2x.weight": torch.zeros(dim, 4, 2, 4, 4), "clean_x_embedder.proj_4x.bias": torch.zeros(dim),
         "nuscenes_processor.projector.0.weight": torch.zeros(25, 8), "openx_processor.projector.0.weight": torch.zeros(25, 13),
         "global_router.weight": torch.zeros(3, 25), "blocks.0.cam_encoder.weight": torch.zeros(dim, 13),
     })

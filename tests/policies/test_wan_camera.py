@@ -198,3 +198,34 @@ def test_gradient_checkpointing_recomputes_with_the_forward_passes_own_camera(po
     assert all(block._lyra_camera is None for block in policy.transformer.blocks)  # nothing kept alive
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_astra_history_forward_is_diffusers_forward_on_its_token_sequence(monkeypatch):
+    """With the frame indices made contiguous, Astra's forward equals diffusers' forward on [image, image,
+    generated] with one timestep per sample: token assembly, RoPE, modulation and head are the same."""
+    from policies import wan_camera
+
+    torch.manual_seed(0)
+    base = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"])
+    astra = CameraConditionedWan(copy.deepcopy(base), "astra")  # history embedder = patch embedding, experts 0
+    latents, image, text = torch.randn(2, 4, 2, 4, 6), torch.randn(2, 4, 1, 4, 6), torch.randn(2, 7, 32)
+    timestep, camera = torch.tensor([700.0, 200.0]), torch.randn(2, 3, 13)
+    astras_own = astra.forward_with_history(latents, timestep, text, camera, image)
+    monkeypatch.setattr(wan_camera, "astra_frame_indices", lambda n: torch.arange(2 + n))
+    expected = base(torch.cat([image, image, latents], dim=2), timestep, text, return_dict=False)[0][:, :, 2:]
+    torch.testing.assert_close(astra.forward_with_history(latents, timestep, text, camera, image), expected)
+    assert (astras_own - expected).abs().max() > 1e-4  # Astra's own indices (19, 19, 20, 21) differ
+
+
+def test_astra_policy_follows_camera_and_image_once_trained():
+    policy = WanCameraPolicy.from_config("tiny", seed=0, camera_layout="astra")
+    latents, t, cond = inputs(policy)
+    _, _, other = inputs(policy, "right")
+    for block in policy.transformer.blocks:
+        torch.nn.init.normal_(block.moe.experts[0][0].weight, std=0.5)
+    v = policy.velocity(latents, t, cond)
+    assert v.shape == latents.shape
+    assert (v - policy.velocity(latents, t, other)).abs().max() > 1e-3
+    moved = copy.copy(cond)
+    moved.image_latents = cond.image_latents + 1.0
+    assert (v - policy.velocity(latents, t, moved)).abs().max() > 1e-3
