@@ -42,7 +42,7 @@ def rollout(
     sigmas: Tensor,
     sde_mask: Tensor,
     noise_level: float,
-    step_noise: Tensor,
+    step_noise: Tensor | None,
     uncond: Any = None,
     guidance_scale: float = 1.0,
 ) -> Rollout:
@@ -51,7 +51,8 @@ def rollout(
     Steps where ``sde_mask (S,)`` is True use Flow-GRPO's SDE with the standard normal draws
     ``step_noise[k]`` (``(S, B, C, T', H', W')``; drawn by the caller so that each sample's randomness
     depends on its global index only, not on how the batch is split over processes); they can be
-    trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO).
+    trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO);
+    with no SDE step at all (evaluation), ``step_noise`` may be None.
     With ``guidance_scale != 1`` every step uses :func:`guided_velocity`.
     """
     states, log_probs = [noise], torch.zeros(len(noise), len(sigmas) - 1)

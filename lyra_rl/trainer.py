@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .camera import Cameras
 from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
-from .data.conditions import procedural_conditions, read_conditions, user_conditions
+from .data.conditions import ConditionBatch, procedural_conditions, read_conditions, user_conditions
 from .reward import RewardSet
 from .rollout import guided_velocity, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
@@ -49,6 +49,7 @@ class GRPOConfig:
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
     > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
+    > Evaluation: eval_conditions, eval_sampling_steps (every save_steps).
     > Output: output_dir, logging_steps, save_steps, resume.
     """
 
@@ -94,6 +95,8 @@ class GRPOConfig:
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
     reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."})
     reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
+    eval_conditions: int = field(default=2, metadata={"help": "Held-out conditions sampled every save_steps (procedural: scenes of seed + 1; user conditions: the first ones), the same each time."})
+    eval_sampling_steps: int = field(default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE): more than a training rollout's."})
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
@@ -103,6 +106,8 @@ class GRPOConfig:
             self.reward_kwargs = json.loads(self.reward_kwargs)
         if (self.num_frames - 1) % 4 or self.num_frames < 5:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
+        if self.eval_conditions < 1 or self.eval_sampling_steps < 1:
+            raise ValueError("eval_conditions and eval_sampling_steps must be >= 1")
         if self.height % 16 or self.width % 16:
             raise ValueError(f"height and width must be multiples of 16 (8x VAE, 2x2 patches), got {self.height}x{self.width}")
         if self.num_generations < 2:
@@ -162,21 +167,29 @@ class GRPOTrainer:
             return select_timesteps(config.num_sampling_steps, window=(self.step % (config.num_sampling_steps - size + 1), size))
         return select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=_seeded(config.seed, 3, self.step))
 
+    def _conditions(self, indices: list[int], held_out: bool) -> ConditionBatch:
+        config = self.config
+        size = (config.num_frames, config.height, config.width)
+        if self.entries is None:
+            return procedural_conditions(config.seed + held_out, indices, *size)
+        return user_conditions(self.entries, indices, *size)
+
+    def _condition(self, batch: ConditionBatch, repeats: int):
+        """The policy's conditions (each repeated ``repeats`` times) and, with guidance, the negative prompt's."""
+        config, policy = self.config, self.policy
+        cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(repeats)
+        if config.guidance_scale == 1.0:
+            return cond, None
+        negative = [config.negative_prompt] * len(batch.prompts)
+        return cond, policy.condition(batch.images, negative, batch.cameras).repeat(repeats)
+
     def train_step(self) -> dict[str, float]:
         config, accelerator, policy = self.config, self.accelerator, self.policy
         device = accelerator.device
         timings: dict[str, float] = {}
         with timed_phase("conditions", timings):
-            size = (config.num_frames, config.height, config.width)
-            if self.entries is None:
-                batch = procedural_conditions(config.seed, self._global_indices(), *size)
-            else:
-                batch = user_conditions(self.entries, self._global_indices(), *size)
-            cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
-            uncond = None
-            if config.guidance_scale != 1.0:
-                negative = [config.negative_prompt] * len(batch.prompts)
-                uncond = policy.condition(batch.images, negative, batch.cameras).repeat(config.num_generations)
+            batch = self._conditions(self._global_indices(), held_out=False)
+            cond, uncond = self._condition(batch, config.num_generations)
             latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)
             initial, step_noise = self._noise(batch.ids, latent_shape)
             train_steps = self._train_steps()
@@ -221,7 +234,6 @@ class GRPOTrainer:
             logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
         logged["step"] = self.step
         self.history.append(logged)
-        self.last_sample = (videos[0].float().cpu(), cameras[0])  # what write_sample draws
         return logged
 
     def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[float]], torch.Tensor]:
@@ -261,10 +273,32 @@ class GRPOTrainer:
                 param.grad = torch.zeros_like(param)
             param.grad = self.accelerator.reduce(param.grad, "mean")
 
-    def write_sample(self, path: Path) -> Path:
-        """The last step's first rollout as an mp4, with its commanded camera path and, where a reward of the
-        set can estimate cameras (``estimate_trajectory``, as ``pose_consistency`` does), the estimated one."""
-        video, cameras = self.last_sample
+    @torch.no_grad()
+    def evaluate(self, sample_dir: Path | None = None) -> dict[str, float]:
+        """Deterministic samples of the held-out conditions (ODE, ``eval_sampling_steps``, fixed noise), their
+        mean rewards as ``eval/...``, and, with ``sample_dir``, each sample as an mp4 with its camera paths."""
+        config, policy, device = self.config, self.policy, self.accelerator.device
+        indices = list(range(config.eval_conditions))
+        batch = self._conditions(indices, held_out=True)
+        cond, uncond = self._condition(batch, 1)
+        shape = policy.latent_shape(config.num_frames, config.height, config.width)
+        noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in indices]).to(device)
+        ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
+        with self.accelerator.autocast():
+            result = rollout(policy, cond, noise, shifted_sigmas(config.eval_sampling_steps, config.shift).to(device), ode,
+                             0.0, None, uncond, config.guidance_scale)
+        videos = policy.decode(result.states[-1], cond).float().cpu()
+        scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
+        logged = {"eval/reward/total": float(scores.total.nanmean())}
+        logged.update({f"eval/reward/{name}": float(values.nanmean()) for name, values in scores.rewards.items()})
+        if sample_dir is not None:
+            for k, video in enumerate(videos):
+                self.write_sample(sample_dir / f"step-{self.step}-{k}.mp4", video, batch.cameras[k])
+        return logged
+
+    def write_sample(self, path: Path, video: torch.Tensor, cameras: Cameras) -> Path:
+        """``video (T, 3, H, W)`` as an mp4 with its commanded camera path and, where a reward of the set can
+        estimate cameras (``estimate_trajectory``, as ``pose_consistency`` does), the estimated one."""
         cam_from_world, intrinsics = cameras.cam_from_world[0], cameras.intrinsics[0]
         paths = {"commanded": cam_from_world}
         estimator = next((r for r in self.reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
@@ -338,9 +372,13 @@ class GRPOTrainer:
                     if name != "step" and math.isfinite(value):
                         writer.add_scalar(name, value, self.step)
             if self.step % config.save_steps == 0 or self.step == config.max_steps:
-                self.save_checkpoint()
                 if accelerator.is_main_process:
-                    self.write_sample(self.output_dir / "samples" / f"step-{self.step}.mp4")
+                    evaluation = self.evaluate(self.output_dir / "samples")
+                    logged.update(evaluation)
+                    for name, value in evaluation.items():
+                        if math.isfinite(value):
+                            writer.add_scalar(name, value, self.step)
+                self.save_checkpoint()
         progress.close()
         if writer is not None:
             writer.close()
@@ -349,7 +387,7 @@ class GRPOTrainer:
 
 
 def plot_reward_curve(history: list[dict[str, float]], path: Path) -> Path:
-    """Mean reward per step (total and each reward) as a PNG."""
+    """Mean reward per step (total and each reward of the rollouts, and the held-out evaluation's total) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,6 +397,10 @@ def plot_reward_curve(history: list[dict[str, float]], path: Path) -> Path:
     steps = [h["step"] for h in history]
     for name in [k for k in history[0] if k.startswith("reward/")]:
         ax.plot(steps, [h[name] for h in history], label=name.removeprefix("reward/"))
+    evaluated = [h for h in history if "eval/reward/total" in h]
+    if evaluated:
+        ax.plot([h["step"] for h in evaluated], [h["eval/reward/total"] for h in evaluated], "k--o", markersize=3,
+                label="total, held-out (ODE)")
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     ax.legend(fontsize=7)

@@ -37,10 +37,23 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
         assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     run = tmp_path / "full"
-    assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4.mp4").is_file()
+    assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4-1.mp4").is_file()
     assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
-    sample, _ = read_video(run / "samples" / "step-4.mp4")
+    sample, _ = read_video(run / "samples" / "step-4-0.mp4")
     assert sample.shape[-1] == sample.shape[-2] + 48 * sample.shape[-2] // 32  # the frame, then the camera path panel
+    assert [h["step"] for h in full if "eval/reward/total" in h] == [2, 4]
+
+
+def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
+    plain = make_trainer(tmp_path / "plain", max_steps=2)
+    evaluated = make_trainer(tmp_path / "evaluated", max_steps=2, eval_sampling_steps=6)
+    first = evaluated.evaluate()
+    assert evaluated.evaluate() == first and set(first) == {"eval/reward/total", "eval/reward/brightness"}
+    assert first != make_trainer(tmp_path / "other", eval_sampling_steps=3).evaluate()  # the ODE step count matters
+    for _ in range(2):
+        a, b = plain.train_step(), evaluated.train_step()
+        evaluated.evaluate()
+        assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
