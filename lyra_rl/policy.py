@@ -20,7 +20,8 @@ from .camera import Cameras
 @runtime_checkable
 class VideoPolicy(Protocol):
     def condition(self, images: Tensor, prompts: Sequence[str], cameras: Cameras) -> Any:
-        """Embeddings of the conditioning images ``(B, 3, H, W)``, prompts and commanded cameras."""
+        """Embeddings of the conditioning images ``(B, 3, H, W)``, prompts and commanded cameras: an object with
+        ``repeat(n)`` (each condition ``n`` times in a row) and slicing ``cond[a:b]`` (a sub-batch)."""
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T', H', W')`` of a video of that size."""

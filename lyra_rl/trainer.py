@@ -42,11 +42,11 @@ class GRPOConfig:
     """Arguments of GRPO training (names follow trl's ``GRPOConfig`` where they mean the same).
 
     > Model: policy, camera_layout, num_experts, expert, wan_model_path, dit_path, prompt_embeddings, mixed_precision,
-      gradient_checkpointing, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
+      gradient_checkpointing, offload_vae, lora_r, lora_alpha, lora_target_modules, train_camera_modules.
     > Data: conditions, num_frames, height, width, conditions_per_step (per process), num_generations (group size).
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
-    > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs).
+    > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs), train_micro_batch_size.
     > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
     > Evaluation: eval_conditions, eval_sampling_steps (every save_steps).
@@ -62,6 +62,7 @@ class GRPOConfig:
     dit_path: str | None = field(default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."})
     prompt_embeddings: str | None = field(default=None, metadata={"help": "Precomputed prompt embeddings (recipes/encode_prompts.py); the text encoder is then not loaded."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no' or 'bf16' (default: accelerate's config): frozen DiT weights in bf16, trained ones in float32, forward passes under autocast."})
+    offload_vae: bool = field(default=False, metadata={"help": "Keep the VAE on the CPU between encode/decode calls (frees accelerator memory for the update)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute the DiT blocks' activations in the backward pass (less memory, about 1/3 more update time)."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=8.0, metadata={"help": "LoRA alpha."})
@@ -87,6 +88,7 @@ class GRPOConfig:
     epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
     scale_rewards: bool = field(default=True, metadata={"help": "Divide advantages by the group std."})
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
+    train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_steps: int = field(default=20, metadata={"help": "GRPO steps."})
@@ -106,6 +108,8 @@ class GRPOConfig:
             self.reward_kwargs = json.loads(self.reward_kwargs)
         if (self.num_frames - 1) % 4 or self.num_frames < 5:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
+        if self.train_micro_batch_size is not None and self.train_micro_batch_size < 1:
+            raise ValueError(f"train_micro_batch_size must be >= 1, got {self.train_micro_batch_size}")
         if self.eval_conditions < 1 or self.eval_sampling_steps < 1:
             raise ValueError("eval_conditions and eval_sampling_steps must be >= 1")
         if self.height % 16 or self.width % 16:
@@ -221,8 +225,14 @@ class GRPOTrainer:
             metrics, grad_norm = self._update(result, train_steps, cond, uncond, advantages)
 
         self.step += 1
-        logged = {name: float(np.mean(values)) for name, values in metrics.items()}
-        logged = {name: float(accelerator.reduce(torch.tensor(value, device=device), "mean")) for name, value in logged.items()}
+        logged = {}
+        for name, pairs in metrics.items():  # over micro-batches (weighted by size), trained steps and processes
+            values, shares = torch.tensor(pairs).T
+            if name.endswith(("_min", "_max")):
+                reduce = torch.amin if name.endswith("_min") else torch.amax
+                logged[name] = float(reduce(accelerator.gather(reduce(values)[None].to(device))))
+            else:
+                logged[name] = float(accelerator.gather(((values * shares).sum() / shares.sum())[None].to(device)).mean())
         logged.update(timings)
         logged["grad_norm"] = float(grad_norm)
         logged["reward/total"] = float(all_rewards.nanmean())
@@ -236,34 +246,48 @@ class GRPOTrainer:
         self.history.append(logged)
         return logged
 
-    def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[float]], torch.Tensor]:
-        """Inner epochs over the trained steps of the rollouts: replayed SDE steps, clipped loss (+ KL to the
-        adapter-disabled reference), gradient all-reduce, clipping and an optimizer step per epoch."""
-        config, accelerator, policy = self.config, self.accelerator, self.policy
-        device, local = accelerator.device, len(advantages)
-        metrics: dict[str, list[float]] = {}
+    def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[tuple[float, float]]], torch.Tensor]:
+        """Inner epochs over the trained steps of the rollouts, in micro-batches: replayed SDE steps, clipped loss
+        (+ KL to the adapter-disabled reference), gradients accumulated over micro-batches and steps, then
+        all-reduce, clipping and an optimizer step per epoch."""
+        config, local = self.config, len(advantages)
+        micro = config.train_micro_batch_size or local
+        metrics: dict[str, list[tuple[float, float]]] = {}  # name -> (value, share of the batch) per micro-batch
         for _ in range(config.num_iterations):
             for k in train_steps.tolist():
-                x, x_next = result.states[k], result.states[k + 1]
-                t = self.sigmas[k].expand(local).to(device)
-                with accelerator.autocast():
-                    velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
-                step = sde_step(x, velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
-                kl = None
-                if config.beta > 0:
-                    with torch.no_grad(), policy.adapters_disabled(), accelerator.autocast():
-                        reference_velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
-                        reference = sde_step(x, reference_velocity, self.sigmas[k], self.sigmas[k + 1], config.noise_level, prev_sample=x_next)
-                    kl = gaussian_kl(step.mean, reference.mean, step.std)
-                loss, step_metrics = grpo_loss(step.log_prob, result.log_probs[:, k].to(device), advantages, config.epsilon, kl, config.beta)
-                (loss / len(train_steps)).backward()
-                for name, value in {"loss": loss, **step_metrics}.items():
-                    metrics.setdefault(name, []).append(float(value.detach()))
+                for start in range(0, local, micro):
+                    part = slice(start, start + micro)
+                    loss, step_metrics = self._step_loss(
+                        result, k, part, cond[part], None if uncond is None else uncond[part], advantages[part]
+                    )
+                    share = min(micro, local - start) / local  # the loss is a mean over the micro-batch
+                    (loss * share / len(train_steps)).backward()
+                    for name, value in {"loss": loss, **step_metrics}.items():
+                        metrics.setdefault(name, []).append((float(value.detach()), share))
             self._all_reduce_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return metrics, grad_norm
+
+    def _step_loss(self, result, k: int, part: slice, cond, uncond, advantages: torch.Tensor):
+        """The GRPO loss of denoising step ``k`` for the rollouts ``part``: the stored transition replayed under
+        the current policy, clipped ratio against its rollout log-prob, KL to the adapter-disabled reference."""
+        config, accelerator, policy = self.config, self.accelerator, self.policy
+        x, x_next = result.states[k][part], result.states[k + 1][part]
+        t = self.sigmas[k].expand(len(x)).to(x.device)
+        sigma, sigma_next = self.sigmas[k], self.sigmas[k + 1]
+        with accelerator.autocast():
+            velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
+        step = sde_step(x, velocity, sigma, sigma_next, config.noise_level, prev_sample=x_next)
+        kl = None
+        if config.beta > 0:
+            with torch.no_grad(), policy.adapters_disabled(), accelerator.autocast():
+                reference_velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
+                reference = sde_step(x, reference_velocity, sigma, sigma_next, config.noise_level, prev_sample=x_next)
+            kl = gaussian_kl(step.mean, reference.mean, step.std)
+        old_log_prob = result.log_probs[part, k].to(accelerator.device)
+        return grpo_loss(step.log_prob, old_log_prob, advantages, config.epsilon, kl, config.beta)
 
     def _all_reduce_gradients(self) -> None:
         if self.accelerator.num_processes == 1:

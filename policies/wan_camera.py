@@ -92,6 +92,10 @@ class WanCondition:
         """Each condition repeated ``times`` times in a row (a GRPO group)."""
         return WanCondition(*(x.repeat_interleave(times, dim=0) for x in (self.text, self.camera, self.image_latents)))
 
+    def __getitem__(self, index: slice) -> WanCondition:
+        """The conditions of a sub-batch (a micro-batch of the update)."""
+        return WanCondition(self.text[index], self.camera[index], self.image_latents[index])
+
 
 def camera_features(cameras: Cameras, num_latent_frames: int, layout: str = "recammaster", temporal_stride: int = 4) -> Tensor:
     """Per-latent-frame camera features ``(B, F, 12)`` (``recammaster``) or ``(B, F, 13)`` (``astra``).
@@ -345,6 +349,7 @@ class WanCameraPolicy(nn.Module):
         self.text_encoder = text_encoder.requires_grad_(False).eval() if text_encoder is not None else None
         self.tokenizer = tokenizer
         self._text_cache: dict[str, Tensor] = {}
+        self.offload_vae = False
 
     @classmethod
     def from_config(cls, name: str = "tiny", seed: int = 0, camera_layout: str = "recammaster", num_experts: int = 3,
@@ -384,14 +389,17 @@ class WanCameraPolicy(nn.Module):
         finally:
             self.transformer.enable_adapters()
 
-    def place(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> WanCameraPolicy:
+    def place(self, device: torch.device | str, dtype: torch.dtype = torch.float32, offload_vae: bool = False) -> WanCameraPolicy:
         """Moves the DiT and the VAE to ``device`` for mixed-precision training: the DiT's frozen weights in
         ``dtype`` (bf16 on GPUs) except the modules diffusers keeps in float32 (norms, time embedder,
         modulation tables, RoPE); trainable weights (LoRA, trained camera modules) and the VAE, whose frames
-        the rewards score, in float32. The text encoder stays on the CPU: it only embeds prompts not cached yet."""
+        the rewards score, in float32. With ``offload_vae`` the VAE stays on the CPU and visits ``device`` for
+        each encode and decode call only. The text encoder stays on the CPU: it only embeds prompts not
+        cached yet."""
         keep = set(self.transformer._keep_in_fp32_modules or ())
         self.dit.to(device)
-        self.vae.to(device)
+        self.offload_vae = offload_vae
+        self.vae.to("cpu" if offload_vae else device)
         for name, param in self.dit.named_parameters():
             if not param.requires_grad and not keep.intersection(name.split(".")):
                 param.data = param.data.to(dtype)
@@ -428,11 +436,24 @@ class WanCameraPolicy(nn.Module):
         std = torch.tensor(self.vae.config.latents_std, dtype=z.dtype, device=z.device).view(1, -1, 1, 1, 1)
         return z * std + mean if inverse else (z - mean) / std
 
+    @contextmanager
+    def _vae_on(self, device: torch.device) -> Iterator[None]:
+        """The VAE on ``device`` for one call (back to the CPU afterwards when offloaded)."""
+        if not self.offload_vae:
+            yield
+            return
+        self.vae.to(device)
+        try:
+            yield
+        finally:
+            self.vae.to("cpu")
+
     @torch.no_grad()
     def encode(self, video: Tensor) -> Tensor:
         """Videos ``(B, T, 3, H, W)`` in [0, 1] to normalised latents ``(B, C, T', H/8, W/8)`` (posterior mode)."""
         pixels = video.permute(0, 2, 1, 3, 4).to(self.vae.dtype) * 2 - 1
-        return self._normalize(self.vae.encode(pixels).latent_dist.mode())
+        with self._vae_on(pixels.device):
+            return self._normalize(self.vae.encode(pixels).latent_dist.mode())
 
     def condition(self, images: Tensor, prompts: Sequence[str], cameras: Cameras) -> WanCondition:
         """Conditions for conditioning images ``(B, 3, H, W)`` in [0, 1], prompts and ``T = 4k + 1``-frame cameras."""
@@ -465,6 +486,7 @@ class WanCameraPolicy(nn.Module):
     def decode(self, latents: Tensor, cond: WanCondition) -> Tensor:
         """Generated latents ``(B, C, k, h, w)`` to videos ``(B, 4k + 1, 3, H, W)`` in [0, 1]."""
         full = torch.cat([cond.image_latents.to(latents.dtype), latents], dim=2)
-        pixels = self.vae.decode(self._normalize(full, inverse=True).to(self.vae.dtype)).sample
+        with self._vae_on(full.device):
+            pixels = self.vae.decode(self._normalize(full, inverse=True).to(self.vae.dtype)).sample
         return ((pixels.float() + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)
 

@@ -31,7 +31,7 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
         policy.dit.enable_gradient_checkpointing()
     if accelerator.mixed_precision not in WEIGHT_DTYPES:
         raise ValueError(f"mixed precision {accelerator.mixed_precision!r} is not supported; use 'no' or 'bf16'")
-    policy.place(accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision])
+    policy.place(accelerator.device, WEIGHT_DTYPES[accelerator.mixed_precision], config.offload_vae)
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:
         history = GRPOTrainer(config, policy, reward_set, accelerator).train()

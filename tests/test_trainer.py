@@ -143,3 +143,16 @@ def test_bf16_mixed_precision_keeps_lora_in_float32_and_the_first_ratio_at_one(t
     assert all(p.dtype == torch.float32 for p in trainer.policy.vae.parameters())
     assert all(h["ratio_min"] == h["ratio_max"] == 1.0 for h in history)
     assert all(math.isfinite(h["loss"]) and math.isfinite(h["kl"]) for h in history) and history[1]["kl"] > 0
+
+
+def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path):
+    import torch
+
+    full = make_trainer(tmp_path / "full", max_steps=2)
+    micro = make_trainer(tmp_path / "micro", max_steps=2, train_micro_batch_size=3)  # 8 rollouts: 3 + 3 + 2
+    for _ in range(2):
+        a, b = full.train_step(), micro.train_step()
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4) and b["reward/total"] == pytest.approx(a["reward/total"], abs=1e-5)
+        assert b["ratio_min"] == a["ratio_min"] == 1.0 and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    for (name, p), q in zip(full.policy.named_parameters(), micro.policy.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)  # Adam steps of ~1e-2 (lr) per step

@@ -229,3 +229,14 @@ def test_astra_policy_follows_camera_and_image_once_trained():
     moved = copy.copy(cond)
     moved.image_latents = cond.image_latents + 1.0
     assert (v - policy.velocity(latents, t, moved)).abs().max() > 1e-3
+
+
+def test_offloaded_vae_visits_the_device_for_each_call_only(policy, monkeypatch):
+    latents, t, cond = inputs(policy)
+    expected = policy.decode(latents, cond)
+    policy.place("cpu", offload_vae=True)
+    moves = []
+    original = type(policy.vae).to
+    monkeypatch.setattr(type(policy.vae), "to", lambda self, *a, **k: moves.append(str(a[0])) or original(self, *a, **k))
+    torch.testing.assert_close(policy.decode(latents, cond), expected)
+    assert moves == ["cpu", "cpu"]  # to the latents' device for the call, then back (both the CPU here)
