@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
@@ -47,7 +48,7 @@ class GRPOConfig:
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs), train_micro_batch_size.
-    > Optimisation: learning_rate, max_grad_norm, max_steps, seed.
+    > Optimisation: learning_rate, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
     > Evaluation: eval_conditions, eval_sampling_steps (every save_steps).
     > Output: output_dir, logging_steps, save_steps, resume.
@@ -90,6 +91,8 @@ class GRPOConfig:
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
     train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps: constant, linear, cosine, ... (diffusers' get_scheduler names)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_steps: int = field(default=20, metadata={"help": "GRPO steps."})
     seed: int = field(default=0, metadata={"help": "Seed of conditions, noise and initial weights."})
@@ -144,6 +147,9 @@ class GRPOTrainer:
         self.config, self.policy, self.reward_set, self.accelerator = config, policy, reward_set, accelerator
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate)
+        schedule = "constant_with_warmup" if config.lr_scheduler_type == "constant" and config.warmup_steps else config.lr_scheduler_type
+        self.lr_scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=config.warmup_steps,
+                                          num_training_steps=config.max_steps * config.num_iterations)
         self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -221,6 +227,7 @@ class GRPOTrainer:
         advantages = advantages_all[offset : offset + local].to(device)
         self.last_advantages = advantages_all
 
+        learning_rate = self.lr_scheduler.get_last_lr()[0]  # what this step's (first) optimizer step uses
         with timed_phase("update", timings):
             metrics, grad_norm = self._update(result, train_steps, cond, uncond, advantages)
 
@@ -235,6 +242,7 @@ class GRPOTrainer:
                 logged[name] = float(accelerator.gather(((values * shares).sum() / shares.sum())[None].to(device)).mean())
         logged.update(timings)
         logged["grad_norm"] = float(grad_norm)
+        logged["learning_rate"] = learning_rate
         logged["reward/total"] = float(all_rewards.nanmean())
         for name, values in scores.rewards.items():
             logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
@@ -267,6 +275,7 @@ class GRPOTrainer:
             self._all_reduce_gradients()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
+            self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return metrics, grad_norm
 
@@ -352,7 +361,8 @@ class GRPOTrainer:
         tmp.mkdir(parents=True)
         save_file(self.adapter_state_dict(), tmp / "adapter.safetensors")
         torch.save({
-            "optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
+            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            "step": self.step, "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": asdict(self.config),
         }, tmp / "trainer_state.pt")
@@ -370,6 +380,7 @@ class GRPOTrainer:
             self.policy.transformer.load_state_dict(camera, strict=False)
         trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])
         np.random.set_state(trainer_state["rng"]["numpy"])

@@ -28,14 +28,20 @@ def test_second_inner_epoch_moves_the_ratio(tmp_path):
 
 
 def test_resume_continues_with_the_same_numbers(tmp_path):
-    full = make_trainer(tmp_path / "full", max_steps=4, save_steps=2).train()
-    make_trainer(tmp_path / "resumed", max_steps=2, save_steps=2).train()
+    schedule = dict(lr_scheduler_type="cosine", warmup_steps=1)
+    full = make_trainer(tmp_path / "full", max_steps=4, save_steps=2, **schedule).train()
+    interrupted = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, **schedule)
+    while interrupted.step < 2:  # a run stopped after its step-2 checkpoint
+        interrupted.train_step()
+    interrupted.save_checkpoint()
     (tmp_path / "resumed" / ".tmp-checkpoint-3").mkdir()  # a crash mid-save must be ignored
-    resumed = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True).train()
+    resumed = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True, **schedule).train()
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-4"
     for a, b in zip(full, resumed):
         assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-9)
+    assert [h["learning_rate"] for h in full] == pytest.approx([0.0, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9)  # warm-up, cosine
     run = tmp_path / "full"
     assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4-1.mp4").is_file()
     assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
