@@ -1,14 +1,15 @@
 """One GRPO step split into rollout, decode, reward and update, against the floor for the same shapes.
 
-Floor: the bare DiT forward passes of the rollout, plus forward+backward of the trained timesteps (and the
-reference forward when beta > 0), timed in the same run. ``step_overhead`` = (rollout + update) / floor;
+Floor: the bare forward passes of the policy (``velocity``) of the rollout, plus forward+backward of the trained
+timesteps (and the reference forward when beta > 0), timed in the same run. ``step_overhead`` = (rollout + update) / floor;
 building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
 Memory: the peak tensor memory a step adds, with the adapter-disabled reference vs. the same step without
 the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU from the
 profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs in the
 GPU recipe's precision (bf16 frozen weights, float32 LoRA, gradient checkpointing); ``--policy wan2.1-1.3b``
 uses Wan2.1-1.3B's shapes at 480x832, 33 frames (random weights; group of 4, 8 steps, no CFG: CFG doubles
-the forward passes).
+the forward passes; ``--camera-layout astra`` adds Astra's two history frames). The GPU recipe
+(``grpo_wan2.1-1.3b.yaml``) trains at 240x416 with micro-batches and the VAE offloaded.
 
     python benchmarks/grpo_step.py --quick      # < 2 minutes; last line: step_overhead=X ref_memory_ratio=Y
 """
@@ -27,11 +28,11 @@ from accelerate import Accelerator
 from torch.profiler import ProfilerActivity, profile
 
 from lyra_rl.algorithms.grpo import select_timesteps
-from lyra_rl.data.conditions import procedural_prompts
+from lyra_rl.data.conditions import procedural_conditions, procedural_prompts
 from lyra_rl.reward import RewardSet, VideoReward
 from lyra_rl.trainer import GRPOConfig, GRPOTrainer
 from policies.prompts import WAN_TEXT_LENGTH
-from policies.wan_camera import CAMERA_LAYOUTS, WanCameraPolicy
+from policies.wan_camera import WanCameraPolicy
 
 
 class MeanBrightness(VideoReward):
@@ -42,7 +43,7 @@ class MeanBrightness(VideoReward):
         return float(video.mean()), {}
 
 
-def make_trainer(policy_name: str, beta: float, quick: bool) -> GRPOTrainer:
+def make_trainer(policy_name: str, beta: float, quick: bool, camera_layout: str = "recammaster") -> GRPOTrainer:
     """Random weights; on CUDA in bf16 (LoRA in float32) with gradient checkpointing, as the GPU recipe runs."""
     if policy_name == "wan2.1-1.3b":
         size = dict(num_frames=33, height=480, width=832)
@@ -52,9 +53,9 @@ def make_trainer(policy_name: str, beta: float, quick: bool) -> GRPOTrainer:
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), policy=policy_name, rewards=[], beta=beta, num_sampling_steps=8,
         train_timestep_fraction=0.5, conditions_per_step=1, num_generations=4, save_steps=10**9,
-        mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda, **size,
+        mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda, camera_layout=camera_layout, **size,
     )
-    policy = WanCameraPolicy.from_config(policy_name, seed=0)
+    policy = WanCameraPolicy.from_config(policy_name, seed=0, camera_layout=camera_layout)
     if policy.text_encoder is None:  # wan2.1-1.3b: stand-in embeddings of Wan's shape for the procedural prompts
         text_dim = policy.transformer.config.text_dim
         policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim).to(torch.bfloat16) for p in procedural_prompts()})
@@ -67,26 +68,25 @@ def make_trainer(policy_name: str, beta: float, quick: bool) -> GRPOTrainer:
 
 
 def floor_seconds(trainer: GRPOTrainer) -> float:
-    """Bare DiT passes for the same shapes: S forwards (rollout) + n_train forward+backward (+ reference)."""
+    """Bare policy passes for the same shapes: S forwards (rollout) + n_train forward+backward (+ reference)."""
     config, policy, device = trainer.config, trainer.policy, trainer.accelerator.device
-    shape = (config.num_generations, *policy.latent_shape(config.num_frames, config.height, config.width))
-    full = torch.randn(shape[0], shape[1], shape[2] + 1, *shape[3:], device=device)
-    tokens = full.shape[2] * (full.shape[3] // 2) * (full.shape[4] // 2)
-    timestep = torch.full((shape[0], tokens), 500.0, device=device)
-    text = torch.randn(shape[0], policy.tokenizer.max_length if policy.tokenizer else WAN_TEXT_LENGTH, policy.transformer.config.text_dim, device=device)
-    camera = torch.zeros(shape[0], full.shape[2], CAMERA_LAYOUTS[policy.dit.layout], device=device)
+    batch = procedural_conditions(config.seed, [0], config.num_frames, config.height, config.width)
+    cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
+    latents = torch.randn(config.num_generations, *policy.latent_shape(config.num_frames, config.height, config.width), device=device)
+    t = torch.full((config.num_generations,), 0.5, device=device)
     num_train = len(select_timesteps(config.num_sampling_steps, config.train_timestep_fraction))
+    _sync()
     start = time.perf_counter()
     with torch.no_grad(), trainer.accelerator.autocast():
         for _ in range(config.num_sampling_steps):
-            policy.dit(full, timestep, text, camera)
+            policy.velocity(latents, t, cond)
     for _ in range(num_train):
         with trainer.accelerator.autocast():
-            loss = policy.dit(full, timestep, text, camera).float().square().mean()
+            loss = policy.velocity(latents, t, cond).float().square().mean()
         loss.backward()
         if config.beta > 0:
             with torch.no_grad(), trainer.accelerator.autocast():
-                policy.dit(full, timestep, text, camera)
+                policy.velocity(latents, t, cond)
     _sync()
     elapsed = time.perf_counter() - start
     policy.zero_grad(set_to_none=True)  # the floor's gradients must not leak into the next step
@@ -162,10 +162,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (< 2 minutes)")
     parser.add_argument("--policy", default="tiny", help="policy config (wan2.1-1.3b needs a large GPU)")
+    parser.add_argument("--camera-layout", default="recammaster", choices=["recammaster", "astra"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
-    trainer = make_trainer(args.policy, beta=0.004, quick=args.quick)
+    trainer = make_trainer(args.policy, beta=0.004, quick=args.quick, camera_layout=args.camera_layout)
     trainer.train_step()  # warm-up
     phases = {k: [] for k in ("time/conditions", "time/rollout", "time/decode", "time/reward", "time/update")}
     floors = []
@@ -186,7 +187,7 @@ def main() -> None:
     overhead = (median["rollout"] + median["update"]) / floor
 
     peaks = {"with_reference": step_peak_bytes(trainer)}
-    no_kl = make_trainer(args.policy, beta=0.0, quick=args.quick)
+    no_kl = make_trainer(args.policy, beta=0.0, quick=args.quick, camera_layout=args.camera_layout)
     no_kl.train_step()  # warm-up
     peaks["no_kl"] = step_peak_bytes(no_kl)
     del no_kl

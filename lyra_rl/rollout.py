@@ -45,6 +45,7 @@ def rollout(
     step_noise: Tensor | None,
     uncond: Any = None,
     guidance_scale: float = 1.0,
+    micro_batch_size: int | None = None,
 ) -> Rollout:
     """Denoises ``noise (B, C, T', H', W')`` from ``sigmas[0]`` to ``sigmas[-1]``.
 
@@ -53,13 +54,19 @@ def rollout(
     depends on its global index only, not on how the batch is split over processes); they can be
     trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO);
     with no SDE step at all (evaluation), ``step_noise`` may be None.
-    With ``guidance_scale != 1`` every step uses :func:`guided_velocity`.
+    With ``guidance_scale != 1`` every step uses :func:`guided_velocity`. With ``micro_batch_size`` the
+    velocities are computed in slices of that many samples (less memory; the same slices as the update's,
+    so that its replayed steps reproduce the rollout's numbers exactly).
     """
     states, log_probs = [noise], torch.zeros(len(noise), len(sigmas) - 1)
     x = noise
     for k in range(len(sigmas) - 1):
         t = sigmas[k].expand(len(x))
-        v = guided_velocity(policy, x, t, cond, uncond, guidance_scale)
+        size = micro_batch_size or len(x)
+        v = torch.cat([
+            guided_velocity(policy, x[part], t[part], cond[part], None if uncond is None else uncond[part], guidance_scale)
+            for part in (slice(start, start + size) for start in range(0, len(x), size))
+        ])
         if sde_mask[k]:
             step = sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level, noise=step_noise[k])
             x, log_probs[:, k] = step.prev_sample, step.log_prob.float().cpu()

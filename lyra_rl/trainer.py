@@ -23,7 +23,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers.optimization import get_scheduler
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
@@ -36,6 +35,19 @@ from .reward import RewardSet
 from .rollout import guided_velocity, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
 from .video import camera_path_video, write_video
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): a linear warm-up through
+    ``(k + 1) / (warmup_steps + 1)`` (the first step already moves the weights), then ``schedule`` from 1
+    to 0 over the remaining steps (``constant`` stays at 1)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[schedule]
 
 
 @dataclass
@@ -89,10 +101,10 @@ class GRPOConfig:
     epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
     scale_rewards: bool = field(default=True, metadata={"help": "Divide advantages by the group std."})
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
-    train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
+    train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward pass of the rollout and forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps: constant, linear, cosine, ... (diffusers' get_scheduler names)."})
-    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps after the warm-up: constant, linear or cosine (to 0)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up (the first one at 1/(warmup_steps+1) of the rate)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_steps: int = field(default=20, metadata={"help": "GRPO steps."})
     seed: int = field(default=0, metadata={"help": "Seed of conditions, noise and initial weights."})
@@ -100,7 +112,7 @@ class GRPOConfig:
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
     reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."})
     reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
-    eval_conditions: int = field(default=2, metadata={"help": "Held-out conditions sampled every save_steps (procedural: scenes of seed + 1; user conditions: the first ones), the same each time."})
+    eval_conditions: int = field(default=2, metadata={"help": "Held-out conditions sampled every save_steps, the same each time (procedural: scenes of seed + 1; user conditions: the last ones, not trained on); 0 turns evaluation off."})
     eval_sampling_steps: int = field(default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE): more than a training rollout's."})
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
@@ -113,8 +125,10 @@ class GRPOConfig:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
         if self.train_micro_batch_size is not None and self.train_micro_batch_size < 1:
             raise ValueError(f"train_micro_batch_size must be >= 1, got {self.train_micro_batch_size}")
-        if self.eval_conditions < 1 or self.eval_sampling_steps < 1:
-            raise ValueError("eval_conditions and eval_sampling_steps must be >= 1")
+        if self.lr_scheduler_type not in LR_SCHEDULES or self.warmup_steps < 0:
+            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULES} and warmup_steps >= 0")
+        if self.eval_conditions < 0 or self.eval_sampling_steps < 1:
+            raise ValueError("eval_conditions must be >= 0 and eval_sampling_steps >= 1")
         if self.height % 16 or self.width % 16:
             raise ValueError(f"height and width must be multiples of 16 (8x VAE, 2x2 patches), got {self.height}x{self.width}")
         if self.num_generations < 2:
@@ -147,14 +161,22 @@ class GRPOTrainer:
         self.config, self.policy, self.reward_set, self.accelerator = config, policy, reward_set, accelerator
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate)
-        schedule = "constant_with_warmup" if config.lr_scheduler_type == "constant" and config.warmup_steps else config.lr_scheduler_type
-        self.lr_scheduler = get_scheduler(schedule, self.optimizer, num_warmup_steps=config.warmup_steps,
-                                          num_training_steps=config.max_steps * config.num_iterations)
+        total = config.max_steps * config.num_iterations  # optimizer steps
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
+        )
         self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.output_dir = Path(config.output_dir)
-        self.entries = None if config.conditions == "procedural" else read_conditions(config.conditions)
+        self.entries = self.eval_entries = None
+        if config.conditions != "procedural":  # the last eval_conditions entries are held out for evaluation
+            entries = read_conditions(config.conditions)
+            if len(entries) <= config.eval_conditions:
+                raise ValueError(f"{config.conditions} has {len(entries)} conditions: at least eval_conditions + 1 = "
+                                 f"{config.eval_conditions + 1} are needed (the last {config.eval_conditions} are held out)")
+            split = len(entries) - config.eval_conditions
+            self.entries, self.eval_entries = entries[:split], entries[split:]
 
     def _global_indices(self) -> list[int]:
         per_process = self.config.conditions_per_step
@@ -182,7 +204,7 @@ class GRPOTrainer:
         size = (config.num_frames, config.height, config.width)
         if self.entries is None:
             return procedural_conditions(config.seed + held_out, indices, *size)
-        return user_conditions(self.entries, indices, *size)
+        return user_conditions(self.eval_entries if held_out else self.entries, indices, *size)
 
     def _condition(self, batch: ConditionBatch, repeats: int):
         """The policy's conditions (each repeated ``repeats`` times) and, with guidance, the negative prompt's."""
@@ -206,7 +228,7 @@ class GRPOTrainer:
             sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
         with timed_phase("rollout", timings), accelerator.autocast():
             result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
-                             step_noise.to(device), uncond, config.guidance_scale)
+                             step_noise.to(device), uncond, config.guidance_scale, config.train_micro_batch_size)
         with timed_phase("decode", timings):
             videos = policy.decode(result.states[-1], cond)
         with timed_phase("reward", timings):
@@ -309,25 +331,36 @@ class GRPOTrainer:
     @torch.no_grad()
     def evaluate(self, sample_dir: Path | None = None) -> dict[str, float]:
         """Deterministic samples of the held-out conditions (ODE, ``eval_sampling_steps``, fixed noise), their
-        mean rewards as ``eval/...``, and, with ``sample_dir``, each sample as an mp4 with its camera paths."""
-        config, policy, device = self.config, self.policy, self.accelerator.device
-        indices = list(range(config.eval_conditions))
-        batch = self._conditions(indices, held_out=True)
-        cond, uncond = self._condition(batch, 1)
-        shape = policy.latent_shape(config.num_frames, config.height, config.width)
-        noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in indices]).to(device)
-        ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
-        with self.accelerator.autocast():
-            result = rollout(policy, cond, noise, shifted_sigmas(config.eval_sampling_steps, config.shift).to(device), ode,
-                             0.0, None, uncond, config.guidance_scale)
-        videos = policy.decode(result.states[-1], cond).float().cpu()
-        scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
-        logged = {"eval/reward/total": float(scores.total.nanmean())}
-        logged.update({f"eval/reward/{name}": float(values.nanmean()) for name, values in scores.rewards.items()})
-        if sample_dir is not None:
-            for k, video in enumerate(videos):
-                self.write_sample(sample_dir / f"step-{self.step}-{k}.mp4", video, batch.cameras[k])
-        return logged
+        mean rewards as ``eval/...``, and, with ``sample_dir``, each sample as an mp4 with its camera paths.
+
+        Every process samples its share of the conditions (``indices[rank::world]``); the means are reduced
+        over all of them, so each process must call this.
+        """
+        config, policy, accelerator = self.config, self.policy, self.accelerator
+        device = accelerator.device
+        indices = list(range(config.eval_conditions))[accelerator.process_index :: accelerator.num_processes]
+        sums: dict[str, torch.Tensor] = {}
+        if indices:
+            batch = self._conditions(indices, held_out=True)
+            cond, uncond = self._condition(batch, 1)
+            shape = policy.latent_shape(config.num_frames, config.height, config.width)
+            noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in indices]).to(device)
+            ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
+            sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(device)
+            with accelerator.autocast():
+                result = rollout(policy, cond, noise, sigmas, ode, 0.0, None, uncond, config.guidance_scale)
+            videos = policy.decode(result.states[-1], cond).float().cpu()
+            scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
+            for name, values in {"total": scores.total, **scores.rewards}.items():
+                finite = values[~values.isnan()]
+                sums[name] = torch.tensor([float(finite.sum()), len(finite)])
+            if sample_dir is not None:
+                for k, (index, video) in enumerate(zip(indices, videos)):
+                    self.write_sample(sample_dir / f"step-{self.step}-{index}.mp4", video, batch.cameras[k])
+        names = ["total", *(r.name for r in self.reward_set.rewards)]
+        local = torch.stack([sums.get(name, torch.zeros(2)) for name in names]).to(device)
+        total = accelerator.reduce(local, "sum").cpu()
+        return {f"eval/reward/{name}": float(s / n) if n else math.nan for name, (s, n) in zip(names, total.tolist())}
 
     def write_sample(self, path: Path, video: torch.Tensor, cameras: Cameras) -> Path:
         """``video (T, 3, H, W)`` as an mp4 with its commanded camera path and, where a reward of the set can
@@ -380,7 +413,11 @@ class GRPOTrainer:
             self.policy.transformer.load_state_dict(camera, strict=False)
         trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
-        self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+        if "lr_scheduler" in trainer_state:
+            self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+        else:  # a checkpoint from before schedules were saved: the schedule is a function of the step count
+            for _ in range(self.step * self.config.num_iterations):
+                self.lr_scheduler.step()
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])
         np.random.set_state(trainer_state["rng"]["numpy"])
@@ -407,13 +444,13 @@ class GRPOTrainer:
                     if name != "step" and math.isfinite(value):
                         writer.add_scalar(name, value, self.step)
             if self.step % config.save_steps == 0 or self.step == config.max_steps:
-                if accelerator.is_main_process:
+                self.save_checkpoint()
+                if config.eval_conditions:
                     evaluation = self.evaluate(self.output_dir / "samples")
                     logged.update(evaluation)
                     for name, value in evaluation.items():
-                        if math.isfinite(value):
+                        if writer is not None and math.isfinite(value):
                             writer.add_scalar(name, value, self.step)
-                self.save_checkpoint()
         progress.close()
         if writer is not None:
             writer.close()

@@ -203,10 +203,11 @@ class CameraConditionedWan(nn.Module):
     """``WanTransformer3DModel`` with camera modules attached to every block (see the module docstring).
 
     The camera modules are registered inside the diffusers model (``blocks.i.cam_encoder`` or
-    ``blocks.i.moe``, ``blocks.i.projector``, Astra's ``sekai_processor``), so state-dict keys match
-    ReCamMaster / Astra checkpoints, and act through forward hooks on ``attn1``; the diffusers forward is
-    used as is. The hooks find their block through a plain (unregistered) attribute, so ``copy.deepcopy``
-    gives an independent model.
+    ``blocks.i.moe``, ``blocks.i.projector``, Astra's ``sekai_processor`` and ``clean_x_embedder``), so
+    state-dict keys match ReCamMaster / Astra checkpoints, and act through forward hooks on ``attn1``.
+    :meth:`forward` is diffusers' forward as is; :meth:`forward_with_history` is Astra's token layout built
+    from the same diffusers modules. The hooks find their block through a plain (unregistered) attribute, so
+    ``copy.deepcopy`` gives an independent model.
 
     Args:
         transformer: the base DiT.

@@ -62,11 +62,13 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     conditions_per_step = int(sys.argv[1])
     trainer = make_trainer(tempfile.mkdtemp(), conditions_per_step=conditions_per_step, max_steps=2, save_steps=100)
     history = [trainer.train_step() for _ in range(2)]
+    evaluation = trainer.evaluate()  # every process samples its share of the held-out conditions
     if trainer.accelerator.is_main_process:
         print(json.dumps({
             "num_processes": trainer.accelerator.num_processes,
             "loss": [h["loss"] for h in history],
             "reward": [h["reward/total"] for h in history],
             "advantages": trainer.last_advantages.tolist(),
+            "eval": evaluation,
         }))
     trainer.accelerator.end_training()  # destroy the process group: gloo may abort at exit otherwise

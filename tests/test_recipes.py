@@ -33,12 +33,12 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for k in range(2):
+    for k in range(3):
         iio.imwrite(folder / f"{k}.png", np.random.default_rng(k).integers(0, 255, (32, 48, 3), dtype=np.uint8))
         (folder / f"{k}.txt").write_text(f"scene {k}")
     encode, grpo = load_recipe("encode_prompts"), load_recipe("grpo")
     path = encode.main(encode.EncodePromptsConfig(conditions=str(folder), negative_prompt="blurry", output=str(tmp_path / "p.safetensors")))
-    assert sorted(load_prompt_embeddings(path)) == ["blurry", "scene 0", "scene 1"]
+    assert sorted(load_prompt_embeddings(path)) == ["blurry", "scene 0", "scene 1", "scene 2"]
 
     original = WanCameraPolicy.from_config
 
@@ -50,7 +50,8 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     monkeypatch.setattr(WanCameraPolicy, "from_config", without_text_encoder)
     config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), prompt_embeddings=str(path),
                              rewards=["grpo_helpers:Brightness"], max_steps=1, guidance_scale=2.0, negative_prompt="blurry",
-                             num_sampling_steps=2, conditions_per_step=1, num_generations=2, gradient_checkpointing=True)
+                             num_sampling_steps=2, conditions_per_step=1, num_generations=2, gradient_checkpointing=True,
+                             eval_conditions=1, eval_sampling_steps=2)
     history = grpo.main(config)
     assert len(history) == 1 and (tmp_path / "run" / "checkpoint-1" / "adapter.safetensors").is_file()
     assert (tmp_path / "run" / "samples" / "step-1-0.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()

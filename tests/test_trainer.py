@@ -22,9 +22,18 @@ def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
 
 
 def test_second_inner_epoch_moves_the_ratio(tmp_path):
-    trainer = make_trainer(tmp_path, num_iterations=2, max_steps=1)
+    trainer = make_trainer(tmp_path, num_iterations=2, max_steps=2, lr_scheduler_type="linear")
     logged = trainer.train_step()
     assert logged["ratio_max"] > 1.0 or logged["ratio_min"] < 1.0
+    assert trainer.train_step()["learning_rate"] == pytest.approx(0.5e-2)  # 2 of 4 optimizer steps done
+
+
+def test_learning_rate_schedules():
+    from lyra_rl.trainer import learning_rate_factor
+
+    assert [learning_rate_factor(k, "constant", 2, 10) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    assert [learning_rate_factor(k, "linear", 0, 4) for k in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert learning_rate_factor(3, "cosine", 1, 5) == pytest.approx(0.5)  # half-way through the decay
 
 
 def test_resume_continues_with_the_same_numbers(tmp_path):
@@ -41,7 +50,7 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
         assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-9)
-    assert [h["learning_rate"] for h in full] == pytest.approx([0.0, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9)  # warm-up, cosine
+    assert [h["learning_rate"] for h in full] == pytest.approx([0.5e-2, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9)  # warm-up, cosine
     run = tmp_path / "full"
     assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4-1.mp4").is_file()
     assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
@@ -80,6 +89,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-4)  # float32 GEMMs of other batch sizes
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
     assert two["reward"] == pytest.approx(one["reward"], abs=1e-5)
+    assert two["eval"] == pytest.approx(one["eval"], abs=1e-5)
 
 
 def test_training_on_a_folder_of_images(tmp_path):
@@ -88,12 +98,16 @@ def test_training_on_a_folder_of_images(tmp_path):
 
     folder = tmp_path / "images"
     folder.mkdir()
-    for k in range(2):
+    for k in range(3):
         iio.imwrite(folder / f"{k}.png", np.random.default_rng(k).integers(0, 255, (64, 96, 3), dtype=np.uint8))
         (folder / f"{k}.txt").write_text(f"scene {k}")
-    trainer = make_trainer(tmp_path / "run", conditions=str(folder), max_steps=1)
+    trainer = make_trainer(tmp_path / "run", conditions=str(folder), max_steps=1, eval_conditions=1)
     logged = trainer.train_step()
     assert logged["step"] == 1 and 0 < logged["reward/total"] < 1 and logged["failed/brightness"] == 0.0
+    trained = {p for step in range(4) for p in trainer._conditions([2 * step, 2 * step + 1], held_out=False).prompts}
+    assert trained == {"scene 0", "scene 1"} and trainer._conditions([0], held_out=True).prompts == ["scene 2"]
+    with pytest.raises(ValueError, match="held out"):
+        make_trainer(tmp_path / "small", conditions=str(folder), eval_conditions=3)
 
 
 def test_mixgrpo_window_slides(tmp_path):

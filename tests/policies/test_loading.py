@@ -106,6 +106,7 @@ def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
     source = WanCameraPolicy.from_config("tiny", seed=1, camera_layout="astra")
     for block in source.transformer.blocks:  # a trained Astra DiT
         torch.nn.init.normal_(block.moe.experts[0][0].weight, std=0.2)
+    torch.nn.init.normal_(source.transformer.clean_x_embedder.proj.weight, std=0.2)
     state = original_keys(source.transformer.state_dict())
     dim = source.transformer.blocks[0].projector.in_features
     state.update({  # what Astra's checkpoint also carries, with its shapes
@@ -122,3 +123,11 @@ def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
     torch.testing.assert_close(velocity(target)[0], velocity(source)[0])
     with pytest.raises(ValueError, match="camera_layout='astra'"):
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "astra.ckpt")
+
+
+def test_base_weights_into_the_astra_layout_start_its_history_embedder_from_them(source, tmp_path):
+    save_file(original_keys(base_state(source)), tmp_path / "diffusion_pytorch_model.safetensors")
+    torch.save(source.vae.state_dict(), tmp_path / "Wan2.1_VAE.pth")
+    target = WanCameraPolicy.from_config("tiny", seed=2, camera_layout="astra")
+    load_pretrained(target, tmp_path)
+    torch.testing.assert_close(target.transformer.clean_x_embedder.proj.weight, source.transformer.patch_embedding.weight)

@@ -205,16 +205,38 @@ def test_astra_history_forward_is_diffusers_forward_on_its_token_sequence(monkey
     generated] with one timestep per sample: token assembly, RoPE, modulation and head are the same."""
     from policies import wan_camera
 
+    assert wan_camera.astra_frame_indices(2).tolist() == [19, 19, 20, 21]
     torch.manual_seed(0)
     base = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"])
-    astra = CameraConditionedWan(copy.deepcopy(base), "astra")  # history embedder = patch embedding, experts 0
+    astra = CameraConditionedWan(copy.deepcopy(base), "astra")
+    astra.transformer.clean_x_embedder.proj.weight.data *= 2  # history embedder(x) = patch embedding(2x) + bias
     latents, image, text = torch.randn(2, 4, 2, 4, 6), torch.randn(2, 4, 1, 4, 6), torch.randn(2, 7, 32)
     timestep, camera = torch.tensor([700.0, 200.0]), torch.randn(2, 3, 13)
     astras_own = astra.forward_with_history(latents, timestep, text, camera, image)
     monkeypatch.setattr(wan_camera, "astra_frame_indices", lambda n: torch.arange(2 + n))
-    expected = base(torch.cat([image, image, latents], dim=2), timestep, text, return_dict=False)[0][:, :, 2:]
+    expected = base(torch.cat([2 * image, 2 * image, latents], dim=2), timestep, text, return_dict=False)[0][:, :, 2:]
     torch.testing.assert_close(astra.forward_with_history(latents, timestep, text, camera, image), expected)
     assert (astras_own - expected).abs().max() > 1e-4  # Astra's own indices (19, 19, 20, 21) differ
+
+
+def test_astra_history_tokens_get_cameras_0_and_1():
+    torch.manual_seed(0)
+    astra = CameraConditionedWan(WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]), "astra")
+    seen = []
+    astra.transformer.blocks[0].attn1.register_forward_pre_hook(lambda m, a: seen.append(m._lyra_block._lyra_camera))
+    latents, image, text, camera = torch.randn(1, 4, 2, 4, 6), torch.randn(1, 4, 1, 4, 6), torch.randn(1, 7, 32), torch.randn(1, 3, 13)
+    astra.forward_with_history(latents, torch.tensor([500.0]), text, camera, image)
+    torch.testing.assert_close(seen[0], astra.transformer.sekai_processor(camera[:, [0, 1, 1, 2]]))
+
+
+def test_rope_at_contiguous_frames_is_diffusers_rope():
+    from policies.wan_camera import rope_at_frames
+
+    rope = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]).rope
+    cos, sin = rope(torch.zeros(1, 4, 3, 8, 12))
+    ours = rope_at_frames(rope, torch.arange(3), 4, 6)
+    torch.testing.assert_close(ours[0], cos)
+    torch.testing.assert_close(ours[1], sin)
 
 
 def test_astra_policy_follows_camera_and_image_once_trained():
@@ -235,8 +257,10 @@ def test_offloaded_vae_visits_the_device_for_each_call_only(policy, monkeypatch)
     latents, t, cond = inputs(policy)
     expected = policy.decode(latents, cond)
     policy.place("cpu", offload_vae=True)
-    moves = []
-    original = type(policy.vae).to
-    monkeypatch.setattr(type(policy.vae), "to", lambda self, *a, **k: moves.append(str(a[0])) or original(self, *a, **k))
     torch.testing.assert_close(policy.decode(latents, cond), expected)
-    assert moves == ["cpu", "cpu"]  # to the latents' device for the call, then back (both the CPU here)
+    moves = []
+    monkeypatch.setattr(type(policy.vae), "to", lambda self, device, *a, **k: moves.append(str(device)) or self)
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        with policy._vae_on(torch.device("cuda", 0)):
+            raise RuntimeError("decoder failed")
+    assert moves == ["cuda:0", "cpu"]  # there for the call, back to the CPU even when the call fails
