@@ -34,6 +34,12 @@ def guided_velocity(policy: VideoPolicy, x: Tensor, t: Tensor, cond: Any, uncond
     return classifier_free_guidance(v, policy.velocity(x, t, uncond), guidance_scale)
 
 
+def micro_batches(total: int, size: int | None) -> list[slice]:
+    """Consecutive slices of at most ``size`` samples covering ``total`` (one slice when ``size`` is None)."""
+    size = size or total
+    return [slice(start, min(start + size, total)) for start in range(0, total, size)]
+
+
 @torch.no_grad()
 def rollout(
     policy: VideoPolicy,
@@ -62,10 +68,9 @@ def rollout(
     x = noise
     for k in range(len(sigmas) - 1):
         t = sigmas[k].expand(len(x))
-        size = micro_batch_size or len(x)
         v = torch.cat([
             guided_velocity(policy, x[part], t[part], cond[part], None if uncond is None else uncond[part], guidance_scale)
-            for part in (slice(start, start + size) for start in range(0, len(x), size))
+            for part in micro_batches(len(x), micro_batch_size)
         ])
         if sde_mask[k]:
             step = sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level, noise=step_noise[k])

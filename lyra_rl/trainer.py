@@ -32,7 +32,7 @@ from .camera import Cameras
 from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
 from .data.conditions import ConditionBatch, procedural_conditions, read_conditions, user_conditions
 from .reward import RewardSet
-from .rollout import guided_velocity, rollout
+from .rollout import guided_velocity, micro_batches, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
 from .video import camera_path_video, write_video
 
@@ -285,12 +285,11 @@ class GRPOTrainer:
         metrics: dict[str, list[tuple[float, float]]] = {}  # name -> (value, share of the batch) per micro-batch
         for _ in range(config.num_iterations):
             for k in train_steps.tolist():
-                for start in range(0, local, micro):
-                    part = slice(start, start + micro)
+                for part in micro_batches(local, micro):
                     loss, step_metrics = self._step_loss(
                         result, k, part, cond[part], None if uncond is None else uncond[part], advantages[part]
                     )
-                    share = min(micro, local - start) / local  # the loss is a mean over the micro-batch
+                    share = (part.stop - part.start) / local  # the loss is a mean over the micro-batch
                     (loss * share / len(train_steps)).backward()
                     for name, value in {"loss": loss, **step_metrics}.items():
                         metrics.setdefault(name, []).append((float(value.detach()), share))
@@ -413,11 +412,7 @@ class GRPOTrainer:
             self.policy.transformer.load_state_dict(camera, strict=False)
         trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
-        if "lr_scheduler" in trainer_state:
-            self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
-        else:  # a checkpoint from before schedules were saved: the schedule is a function of the step count
-            for _ in range(self.step * self.config.num_iterations):
-                self.lr_scheduler.step()
+        self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])
         np.random.set_state(trainer_state["rng"]["numpy"])

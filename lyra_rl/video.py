@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .camera import invert_pose  # noqa: E402
+from .camera import camera_centers, invert_pose  # noqa: E402
 
 
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor, float]:
@@ -50,7 +50,7 @@ def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = len(trajectories)
-    centers_all = np.concatenate([invert_pose(t.double()).numpy()[:, :3, 3] for t in trajectories.values()])
+    centers_all = np.concatenate([camera_centers(t.double()).numpy() for t in trajectories.values()])
     half = max(1.0, float(np.abs(centers_all[:, [0, 2]]).max()) * 1.15)
     fig, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.6), squeeze=False)
     for ax, (name, cam_from_world) in zip(axes[0], trajectories.items()):
@@ -95,7 +95,7 @@ def camera_path_video(video: Tensor, paths: dict[str, Tensor], min_height: int =
     scale = -(-min_height // video.shape[-2])
     frames = torch.nn.functional.interpolate(video.float(), scale_factor=scale, mode="nearest")
     side = frames.shape[-2]
-    centers = {name: invert_pose(p.double()).numpy()[:, :3, 3] for name, p in paths.items()}
+    centers = {name: camera_centers(p.double()).numpy() for name, p in paths.items()}
     stacked = np.concatenate(list(centers.values()))
     half = max(float(np.abs(stacked[:, [0, 2]]).max()) * 1.15, 1e-3)
     dpi = 100

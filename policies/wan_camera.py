@@ -477,8 +477,7 @@ class WanCameraPolicy(nn.Module):
         if self.dit.layout == "astra":
             return self.dit.forward_with_history(latents, t.float() * 1000, cond.text, cond.camera, cond.image_latents)
         full = torch.cat([cond.image_latents.to(latents.dtype), latents], dim=2)
-        _, p_h, p_w = self.transformer.config.patch_size
-        tokens_per_frame = (latents.shape[-2] // p_h) * (latents.shape[-1] // p_w)
+        tokens_per_frame = self.dit._tokens_per_frame(latents)
         timestep = (t.float() * 1000)[:, None].expand(-1, full.shape[2] * tokens_per_frame).clone()
         timestep[:, :tokens_per_frame] = 0  # the conditioning frame is clean
         return self.dit(full, timestep, cond.text, cond.camera)[:, :, 1:]
