@@ -4,7 +4,8 @@ One step: conditions -> SDE rollouts with log-probs (no grad) -> decode -> rewar
 advantages (over the group gathered from every process) -> for each inner epoch and trained denoising
 step: replay the stored transition, clipped ratio loss (+ KL to the adapter-disabled reference) ->
 gradient all-reduce, clipping, optimizer step. The math lives in ``sampling`` and ``algorithms.grpo``;
-this module is the glue, plus logging and atomic checkpoints.
+this module is the glue, plus logging and atomic checkpoints. Launched with accelerate's FSDP settings, the
+policy's blocks are sharded over the processes (``sharding``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 from torch.profiler import record_function
 from tqdm import tqdm
 
@@ -34,6 +36,7 @@ from .data.conditions import ConditionBatch, procedural_conditions, read_conditi
 from .reward import RewardSet
 from .rollout import guided_velocity, micro_batches, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
+from .sharding import clip_grad_norm_, fsdp_plugin, full_state, full_tensor, shard_like, shard_optimizer_state
 from .video import camera_path_video, write_video
 
 
@@ -159,6 +162,12 @@ class GRPOTrainer:
 
     def __init__(self, config: GRPOConfig, policy, reward_set: RewardSet, accelerator: Accelerator):
         self.config, self.policy, self.reward_set, self.accelerator = config, policy, reward_set, accelerator
+        plugin = fsdp_plugin(accelerator)
+        self.sharded = plugin is not None
+        if self.sharded:
+            if not hasattr(policy, "shard"):
+                raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
+            policy.shard(plugin.reshard_after_forward)
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate)
         total = config.max_steps * config.num_iterations  # optimizer steps
@@ -294,7 +303,7 @@ class GRPOTrainer:
                     for name, value in {"loss": loss, **step_metrics}.items():
                         metrics.setdefault(name, []).append((float(value.detach()), share))
             self._all_reduce_gradients()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            grad_norm = clip_grad_norm_(self.trainable, config.max_grad_norm)
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -320,9 +329,13 @@ class GRPOTrainer:
         return grpo_loss(step.log_prob, old_log_prob, advantages, config.epsilon, kl, config.beta)
 
     def _all_reduce_gradients(self) -> None:
+        """Averages the gradients of the replicated trained weights over processes (FSDP already reduced the
+        shards' gradients)."""
         if self.accelerator.num_processes == 1:
             return
         for param in self.trainable:
+            if isinstance(param, DTensor):
+                continue
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             param.grad = self.accelerator.reduce(param.grad, "mean")
@@ -333,29 +346,32 @@ class GRPOTrainer:
         mean rewards as ``eval/...``, and, with ``sample_dir``, each sample as an mp4 with its camera paths.
 
         Every process samples its share of the conditions (``indices[rank::world]``); the means are reduced
-        over all of them, so each process must call this.
+        over all of them, so each process must call this. With sharded weights, a process without a share
+        samples the first condition anyway (each block's all-gather needs every process) and drops it.
         """
         config, policy, accelerator = self.config, self.policy, self.accelerator
         device = accelerator.device
         indices = list(range(config.eval_conditions))[accelerator.process_index :: accelerator.num_processes]
+        sampled = indices or ([0] if self.sharded and config.eval_conditions else [])
         sums: dict[str, torch.Tensor] = {}
-        if indices:
-            batch = self._conditions(indices, held_out=True)
+        if sampled:
+            batch = self._conditions(sampled, held_out=True)
             cond, uncond = self._condition(batch, 1)
             shape = policy.latent_shape(config.num_frames, config.height, config.width)
-            noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in indices]).to(device)
+            noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in sampled]).to(device)
             ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
             sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(device)
             with accelerator.autocast():
                 result = rollout(policy, cond, noise, sigmas, ode, 0.0, None, uncond, config.guidance_scale)
-            videos = policy.decode(result.states[-1], cond).float().cpu()
-            scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
-            for name, values in {"total": scores.total, **scores.rewards}.items():
-                finite = values[~values.isnan()]
-                sums[name] = torch.tensor([float(finite.sum()), len(finite)])
-            if sample_dir is not None:
-                for k, (index, video) in enumerate(zip(indices, videos)):
-                    self.write_sample(sample_dir / f"step-{self.step}-{index}.mp4", video, batch.cameras[k])
+            if indices:
+                videos = policy.decode(result.states[-1], cond).float().cpu()
+                scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
+                for name, values in {"total": scores.total, **scores.rewards}.items():
+                    finite = values[~values.isnan()]
+                    sums[name] = torch.tensor([float(finite.sum()), len(finite)])
+                if sample_dir is not None:
+                    for k, (index, video) in enumerate(zip(indices, videos)):
+                        self.write_sample(sample_dir / f"step-{self.step}-{index}.mp4", video, batch.cameras[k])
         names = ["total", *(r.name for r in self.reward_set.rewards)]
         local = torch.stack([sums.get(name, torch.zeros(2)) for name in names]).to(device)
         total = accelerator.reduce(local, "sum").cpu()
@@ -374,26 +390,29 @@ class GRPOTrainer:
         return write_video(path, camera_path_video(video, paths))
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules."""
+        """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules, whole
+        (sharded weights are gathered: every process must call this)."""
         transformer = self.policy.transformer
         state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
         for name, param in transformer.named_parameters():
             if param.requires_grad and "lora_" not in name:  # the camera modules, when trained
                 state[f"transformer.{name}"] = param
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        return {k: full_tensor(v.detach()).cpu().contiguous() for k, v in state.items()}
 
     def save_checkpoint(self) -> Path:
-        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename)."""
+        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the trained weights and the
+        optimizer state whole, so a run resumes on any number of processes."""
         final = self.output_dir / f"checkpoint-{self.step}"
+        adapter, optimizer = self.adapter_state_dict(), full_state(self.optimizer.state_dict())
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return final
         tmp = self.output_dir / f".tmp-checkpoint-{self.step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(self.adapter_state_dict(), tmp / "adapter.safetensors")
+        save_file(adapter, tmp / "adapter.safetensors")
         torch.save({
-            "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            "optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(),
             "step": self.step, "history": self.history,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             "config": asdict(self.config),
@@ -406,12 +425,14 @@ class GRPOTrainer:
     def load_checkpoint(self, path: Path) -> None:
         state = load_file(path / "adapter.safetensors")
         lora = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
-        set_peft_model_state_dict(self.policy.transformer, lora)
-        camera = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" not in k}
+        set_peft_model_state_dict(self.policy.transformer, lora)  # peft shards onto sharded LoRA weights itself
+        params = dict(self.policy.transformer.named_parameters())
+        camera = {name: shard_like(value, params[name]) for name, value in
+                  ((k.removeprefix("transformer."), v) for k, v in state.items() if "lora_" not in k)}
         if camera:
             self.policy.transformer.load_state_dict(camera, strict=False)
         trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.trainable))
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])

@@ -35,6 +35,7 @@ import torch.utils.checkpoint
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from peft import LoraConfig
 from torch import Tensor, nn
+from torch.distributed.fsdp import fully_shard
 from transformers import UMT5Config, UMT5EncoderModel
 
 from lyra_rl.camera import Cameras, invert_pose, relative_pose, relative_to_first
@@ -405,6 +406,13 @@ class WanCameraPolicy(nn.Module):
             if not param.requires_grad and not keep.intersection(name.split(".")):
                 param.data = param.data.to(dtype)
         return self
+
+    def shard(self, reshard_after_forward: bool = True) -> None:
+        """Shards every DiT block (its base, LoRA and camera weights) over the processes of the default process
+        group with FSDP2's ``fully_shard`` (see ``lyra_rl.sharding``); embedders, head, Astra's processor and the
+        VAE stay whole on every process. Call after :meth:`place` and before building the optimizer."""
+        for block in self.transformer.blocks:
+            fully_shard(block, reshard_after_forward=reshard_after_forward)
 
     def add_prompt_embeddings(self, embeddings: dict[str, Tensor]) -> None:
         """Adds precomputed prompt embeddings ``prompt -> (L, text_dim)`` (e.g. ``prompts.load_prompt_embeddings``)."""

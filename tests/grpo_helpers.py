@@ -57,18 +57,28 @@ def make_trainer(output_dir, accelerator=None, **overrides):
 if __name__ == "__main__":  # run under `accelerate launch`: prints the run's numbers as JSON on rank 0
     import json
     import sys
-    import tempfile
 
-    conditions_per_step = int(sys.argv[1])
-    trainer = make_trainer(tempfile.mkdtemp(), conditions_per_step=conditions_per_step, max_steps=2, save_steps=100)
+    from torch.distributed.tensor import DTensor
+
+    conditions_per_step, output_dir = int(sys.argv[1]), sys.argv[2]
+    trainer = make_trainer(output_dir, conditions_per_step=conditions_per_step, max_steps=3, save_steps=100)
     history = [trainer.train_step() for _ in range(2)]
     evaluation = trainer.evaluate()  # every process samples its share of the held-out conditions
+    checkpoint = trainer.save_checkpoint()
+    resumed = make_trainer(output_dir, conditions_per_step=conditions_per_step, max_steps=3)
+    resumed.load_checkpoint(checkpoint)
+    third, resumed_third = trainer.train_step(), resumed.train_step()  # the optimizer state is used from step 3 on
+    blocks = [p for p in trainer.policy.transformer.blocks.parameters()]
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks)
     if trainer.accelerator.is_main_process:
         print(json.dumps({
             "num_processes": trainer.accelerator.num_processes,
+            "sharded": trainer.sharded,
+            "block_weights_held": local / sum(p.numel() for p in blocks),
             "loss": [h["loss"] for h in history],
             "reward": [h["reward/total"] for h in history],
             "advantages": trainer.last_advantages.tolist(),
             "eval": evaluation,
+            "third_loss": [third["loss"], resumed_third["loss"]],
         }))
     trainer.accelerator.end_training()  # destroy the process group: gloo may abort at exit otherwise

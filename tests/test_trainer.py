@@ -71,25 +71,61 @@ def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
         assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step: int, config_file: str | None = None) -> dict:
+    """Runs ``grpo_helpers.py`` under ``accelerate launch`` (2 steps, evaluation, checkpoint, resumed third step)."""
     script = Path(__file__).with_name("grpo_helpers.py")
     env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if config_file is not None:
+        launch += ["--config_file", str(Path(__file__).parents[1] / "recipes" / "configs" / config_file)]
+    elif num_processes > 1:
+        launch.append("--multi_gpu")
+    command = [*launch, str(script), str(conditions_per_step), str(output_dir)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def run(num_processes: int, conditions_per_step: int) -> dict:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if num_processes > 1:
-            launch.append("--multi_gpu")
-        out = subprocess.run([*launch, str(script), str(conditions_per_step)], env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
 
-    two, one = run(2, 1), run(1, 2)
-    assert two["num_processes"] == 2 and one["num_processes"] == 1
-    assert two["advantages"] == pytest.approx(one["advantages"], abs=1e-4)  # float32 GEMMs of other batch sizes
-    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
-    assert two["reward"] == pytest.approx(one["reward"], abs=1e-5)
-    assert two["eval"] == pytest.approx(one["eval"], abs=1e-5)
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("one-process")
+    return run, launch_grpo_helper(run, 1, 2)
+
+
+def assert_same_run(other: dict, one: dict) -> None:
+    assert other["advantages"] == pytest.approx(one["advantages"], abs=1e-4)  # float32 GEMMs of other batch sizes
+    assert other["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert other["reward"] == pytest.approx(one["reward"], abs=1e-5)
+    assert other["eval"] == pytest.approx(one["eval"], abs=1e-5)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, one_process_run):
+    _, one = one_process_run
+    two = launch_grpo_helper(tmp_path, 2, 1)
+    assert two["num_processes"] == 2 and one["num_processes"] == 1 and not two["sharded"]
+    assert_same_run(two, one)
+    for run in (one, two):  # resumed from the step-2 checkpoint: the same third step
+        assert run["third_loss"][1] == pytest.approx(run["third_loss"][0], abs=1e-6)
+
+
+@pytest.mark.parametrize("config_file", ["accelerate_fsdp.yaml", "accelerate_zero2.yaml"])
+def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file):
+    """The shipped FSDP configs shard each block over a 2-process CPU group: the same numbers as one process,
+    whole checkpoints that equal the one-process run's, and a resumed run that continues alike."""
+    from safetensors.torch import load_file
+
+    one_dir, one = one_process_run
+    sharded = launch_grpo_helper(tmp_path, 2, 1, config_file)
+    assert sharded["sharded"] and sharded["block_weights_held"] == pytest.approx(0.5, abs=0.01)
+    assert_same_run(sharded, one)
+    assert sharded["third_loss"][1] == pytest.approx(sharded["third_loss"][0], abs=1e-6)
+    assert sharded["third_loss"][0] == pytest.approx(one["third_loss"][0], abs=1e-4)
+    saved, reference = (load_file(d / "checkpoint-2" / "adapter.safetensors") for d in (tmp_path, one_dir))
+    assert saved.keys() == reference.keys()
+    for key in saved:
+        assert saved[key].shape == reference[key].shape
+        assert (saved[key] - reference[key]).abs().max() < 1e-4, key
 
 
 def test_training_on_a_folder_of_images(tmp_path):

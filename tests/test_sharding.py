@@ -1,0 +1,72 @@
+import os
+import socket
+import types
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+
+def _clip_in_a_sharded_group(rank: int, world: int, port: int, result: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from lyra_rl.sharding import clip_grad_norm_, full_tensor
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    fully_shard(model[0])  # model[1] stays replicated, as Astra's camera processor does
+    model(torch.randn(4, 5)).square().sum().backward()
+    for param in model[1].parameters():  # the trainer averages replicated gradients itself
+        dist.all_reduce(param.grad)
+        param.grad /= world
+    norm = clip_grad_norm_(model.parameters(), max_norm=0.5)
+    grads = [full_tensor(p.grad) for p in model.parameters()]
+    if rank == 0:
+        torch.save((float(norm), grads), result)
+    dist.destroy_process_group()
+
+
+def test_clip_grad_norm_over_sharded_and_replicated_weights(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    model(torch.randn(4, 5)).square().sum().backward()
+    expected_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
+    expected = [p.grad for p in model.parameters()]
+    assert expected_norm > 0.5  # the clipping acts
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = tmp_path / "result.pt"
+    mp.start_processes(_clip_in_a_sharded_group, args=(2, port, str(result)), nprocs=2, start_method="spawn")
+    norm, grads = torch.load(result)
+    assert norm == pytest.approx(float(expected_norm), rel=1e-6)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_fsdp_settings_come_from_the_accelerate_launch(monkeypatch):
+    from accelerate.utils import DistributedType
+
+    from lyra_rl.sharding import fsdp_plugin
+
+    def accelerator(num_processes: int):  # on CPU, accelerate keeps no FSDP plugin: the launcher's variables remain
+        return types.SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, state=types.SimpleNamespace(),
+                                     num_processes=num_processes)
+
+    assert fsdp_plugin(accelerator(2)) is None  # a plain DDP launch
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")
+    assert fsdp_plugin(accelerator(2)).reshard_after_forward is False
+    assert fsdp_plugin(accelerator(1)) is None  # nothing to shard over
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(ValueError, match="fsdp_offload_params"):
+        fsdp_plugin(accelerator(2))
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "false")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        fsdp_plugin(accelerator(2))
