@@ -23,6 +23,9 @@ class VideoPolicy(Protocol):
         """Embeddings of the conditioning images ``(B, 3, H, W)``, prompts and commanded cameras: an object with
         ``repeat(n)`` (each condition ``n`` times in a row) and slicing ``cond[a:b]`` (a sub-batch)."""
 
+    def with_prompts(self, cond: Any, prompts: Sequence[str]) -> Any:
+        """``cond`` with other prompts (the negative prompt of classifier-free guidance), the rest reused."""
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """``(C, T', H', W')`` of a video of that size."""
 

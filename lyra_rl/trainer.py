@@ -218,11 +218,11 @@ class GRPOTrainer:
     def _condition(self, batch: ConditionBatch, repeats: int):
         """The policy's conditions (each repeated ``repeats`` times) and, with guidance, the negative prompt's."""
         config, policy = self.config, self.policy
-        cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(repeats)
+        cond = policy.condition(batch.images, batch.prompts, batch.cameras)
         if config.guidance_scale == 1.0:
-            return cond, None
-        negative = [config.negative_prompt] * len(batch.prompts)
-        return cond, policy.condition(batch.images, negative, batch.cameras).repeat(repeats)
+            return cond.repeat(repeats), None
+        uncond = policy.with_prompts(cond, [config.negative_prompt] * len(batch.prompts))
+        return cond.repeat(repeats), uncond.repeat(repeats)
 
     def train_step(self) -> dict[str, float]:
         config, accelerator, policy = self.config, self.accelerator, self.policy

@@ -26,6 +26,7 @@ Convention:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -475,6 +476,11 @@ class WanCameraPolicy(nn.Module):
             camera=camera_features(cameras, num_latent_frames, self.dit.layout).to(device),
             image_latents=self.encode(images[:, None].to(device)),
         )
+
+    def with_prompts(self, cond: WanCondition, prompts: Sequence[str]) -> WanCondition:
+        """``cond`` with other prompts (e.g. the negative prompt of classifier-free guidance), images not re-encoded."""
+        text = self.encode_prompts(prompts).to(cond.text.device, cond.text.dtype)
+        return dataclasses.replace(cond, text=text)
 
     def velocity(self, latents: Tensor, t: Tensor, cond: WanCondition) -> Tensor:
         """``v(x_t, t)`` of the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``.

@@ -35,8 +35,20 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
     reward_set = RewardSet.from_names(config.rewards, config.reward_weights, config.reward_kwargs, config.reward_workers)
     with reward_set:
         history = GRPOTrainer(config, policy, reward_set, accelerator).train()
+    if accelerator.is_main_process:
+        report(config, history)
     accelerator.end_training()  # destroys the process group (gloo can abort at exit otherwise)
     return history
+
+
+def report(config: GRPOConfig, history: list[dict[str, float]]) -> None:
+    """Says where the run's outputs are, and which rewards could not score a single rollout."""
+    print(f"Wrote {config.output_dir}/: checkpoint-{history[-1]['step']}/adapter.safetensors (LoRA and camera modules), "
+          "samples/*.mp4, logs/ (tensorboard --logdir), reward_curve.png")
+    for name in [k.removeprefix("failed/") for k in history[-1] if k.startswith("failed/")]:
+        if all(h[f"failed/{name}"] == 1.0 for h in history):
+            print(f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "
+                  "the videos have no geometry it can estimate, as with the randomly initialised tiny policy")
 
 
 if __name__ == "__main__":

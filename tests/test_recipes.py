@@ -27,7 +27,7 @@ def test_every_recipe_documents_its_arguments(recipe, field):
     assert field in out.stdout
 
 
-def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkeypatch):
+def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkeypatch, capsys):
     from policies.prompts import load_prompt_embeddings
     from policies.wan_camera import WanCameraPolicy
 
@@ -55,6 +55,8 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     history = grpo.main(config)
     assert len(history) == 1 and (tmp_path / "run" / "checkpoint-1" / "adapter.safetensors").is_file()
     assert (tmp_path / "run" / "samples" / "step-1-0.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()
+    printed = capsys.readouterr().out
+    assert "checkpoint-1/adapter.safetensors" in printed and "could not score" not in printed  # brightness never fails
 
 
 @pytest.mark.parametrize("name", ["grpo_tiny", "grpo_wan2.1-1.3b"])

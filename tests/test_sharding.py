@@ -26,6 +26,7 @@ def _clip_in_a_sharded_group(rank: int, world: int, port: int, result: str) -> N
     grads = [full_tensor(p.grad) for p in model.parameters()]
     if rank == 0:
         torch.save((float(norm), grads), result)
+    dist.barrier()  # gloo aborts if a process leaves while another still talks to it
     dist.destroy_process_group()
 
 

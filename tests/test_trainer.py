@@ -158,7 +158,16 @@ def test_mixgrpo_window_slides(tmp_path):
 def test_guidance_steers_rollouts_and_keeps_the_first_ratio_at_one(tmp_path):
     plain = make_trainer(tmp_path / "plain", max_steps=1).train_step()
     guided_trainer = make_trainer(tmp_path / "guided", max_steps=1, guidance_scale=4.0, negative_prompt="blurry")
+    policy, encoded = guided_trainer.policy, []
+    encode = policy.encode
+
+    def counting_encode(video):
+        encoded.append(len(video))
+        return encode(video)
+
+    policy.encode = counting_encode
     guided = guided_trainer.train_step()
+    assert encoded == [2]  # the conditioning images are VAE-encoded once, for both branches
     assert guided["ratio_min"] == guided["ratio_max"] == 1.0
     assert abs(guided["reward/total"] - plain["reward/total"]) > 1e-4  # the unconditional branch changed the samples
 
