@@ -2,7 +2,7 @@
 
 The GRPO trainer keeps its own data-parallel loop (rollouts per process, advantages over the gathered group,
 an all-reduce of the gradients of replicated weights). Launched with accelerate's FSDP settings
-(``recipes/configs/accelerate_fsdp.yaml``, ``accelerate_zero2.yaml`` or ``--use_fsdp``), the policy also
+(``recipes/configs/accelerate_fsdp.yaml``, ``accelerate_zero2.yaml`` or ``--use_fsdp --fsdp_version 2``), the policy also
 shards its transformer blocks with torch's ``fully_shard``: each process stores ``1/N`` of their weights,
 gradients and optimizer state, gathers a block's weights for its forward and backward passes and
 reduce-scatters its gradients.
@@ -10,7 +10,8 @@ reduce-scatters its gradients.
 - ``fsdp_reshard_after_forward: true``: the gathered weights are freed after each forward pass
   (FSDP FULL_SHARD, DeepSpeed ZeRO-3): the least memory, one more all-gather per backward pass.
 - ``false``: they stay gathered from a forward pass to its backward pass (FSDP SHARD_GRAD_OP, the
-  memory/communication trade of ZeRO-2).
+  memory/communication trade of ZeRO-2), so a forward+backward holds every block whole at its peak. After
+  gradient-free passes (rollouts, evaluation) the trainer frees them with :func:`reshard`.
 
 accelerate itself runs FSDP on GPUs only (on CPU it turns the launch into plain DDP), so the settings are
 read from accelerate's plugin or, on CPU, from the environment its launcher sets: the same config file
@@ -26,7 +27,8 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-from torch.distributed.fsdp import CPUOffloadPolicy
+from torch import nn
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
@@ -48,18 +50,37 @@ def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | No
     return plugin if accelerator.num_processes > 1 else None
 
 
+def reshard(module: nn.Module) -> None:
+    """Frees the gathered weights of the FSDP2-sharded modules in ``module`` (with ``reshard_after_forward=False``
+    a gradient-free forward pass leaves them gathered until a backward pass that never comes)."""
+    for submodule in module.modules():
+        if isinstance(submodule, FSDPModule):
+            submodule.reshard()
+
+
+def adamw(params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
+    """AdamW over the trained weights. With FSDP2 shards among them it takes its per-tensor loop: its foreach
+    kernels, on by default on GPUs, cannot mix DTensors and plain tensors (Astra's processor stays whole) in
+    one call; for LoRA-sized tensors the loop costs milliseconds. One parameter group either way, so a
+    checkpoint resumes with or without sharding."""
+    params = list(params)
+    sharded = any(isinstance(p, DTensor) for p in params)
+    return torch.optim.AdamW(params, lr=lr, foreach=False if sharded else None)
+
+
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded ``DTensor`` (a collective: every process must call it), else ``tensor``."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def full_state(state: Any) -> Any:
-    """``state`` (nested dicts/lists, e.g. an optimizer's ``state_dict()``) with every DTensor gathered whole."""
+    """``state`` (nested dicts/lists, e.g. an optimizer's ``state_dict()``) with every tensor whole and on the
+    CPU (DTensors gathered: every process must call it), so it loads on any machine and number of processes."""
     if isinstance(state, dict):
         return {key: full_state(value) for key, value in state.items()}
     if isinstance(state, (list, tuple)):
         return type(state)(full_state(value) for value in state)
-    return full_tensor(state)
+    return full_tensor(state).cpu() if torch.is_tensor(state) else state
 
 
 def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -69,9 +90,10 @@ def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
-def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
-    """An optimizer ``state_dict()`` saved whole (:func:`full_state`), with each parameter's tensors of its
-    shape sharded as the parameter is (``params`` in the optimizer's order), ready for ``load_state_dict``."""
+def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimizer ``state_dict()`` saved whole (:func:`full_state`), each parameter's tensors of its shape
+    sharded as the parameter of ``optimizer`` with the same index is, ready for its ``load_state_dict``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's indices
     per_param = {
         index: {name: shard_like(value, params[index]) if value.shape == params[index].shape else value
                 for name, value in values.items()}

@@ -24,7 +24,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 from torch.profiler import record_function
@@ -36,7 +35,8 @@ from .data.conditions import ConditionBatch, procedural_conditions, read_conditi
 from .reward import RewardSet
 from .rollout import guided_velocity, micro_batches, rollout
 from .sampling import gaussian_kl, sde_step, shifted_sigmas
-from .sharding import clip_grad_norm_, fsdp_plugin, full_state, full_tensor, shard_like, shard_optimizer_state
+from .sharding import (adamw, clip_grad_norm_, fsdp_plugin, full_state, full_tensor, reshard, shard_like,
+                       shard_optimizer_state)
 from .video import camera_path_video, write_video
 
 
@@ -169,7 +169,7 @@ class GRPOTrainer:
                 raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
             policy.shard(plugin.reshard_after_forward)
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate)
+        self.optimizer = adamw(self.trainable, config.learning_rate)
         total = config.max_steps * config.num_iterations  # optimizer steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
@@ -238,6 +238,7 @@ class GRPOTrainer:
         with timed_phase("rollout", timings), accelerator.autocast():
             result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
                              step_noise.to(device), uncond, config.guidance_scale, config.train_micro_batch_size)
+            reshard(policy)
         with timed_phase("decode", timings):
             videos = policy.decode(result.states[-1], cond)
         with timed_phase("reward", timings):
@@ -363,6 +364,7 @@ class GRPOTrainer:
             sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(device)
             with accelerator.autocast():
                 result = rollout(policy, cond, noise, sigmas, ode, 0.0, None, uncond, config.guidance_scale)
+            reshard(policy)
             if indices:
                 videos = policy.decode(result.states[-1], cond).float().cpu()
                 scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
@@ -389,15 +391,29 @@ class GRPOTrainer:
                 paths["estimated"] = estimated
         return write_video(path, camera_path_video(video, paths))
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained weights: LoRA (diffusers/peft key names) and, if trained, the camera modules, whole
-        (sharded weights are gathered: every process must call this)."""
+    def _trained_weights(self) -> dict[str, torch.nn.Parameter]:
+        """The trained weights by their checkpoint key: ``transformer.<name>``, LoRA's without the adapter name
+        (peft's and diffusers' LoRA key names), the camera modules' as they are."""
         transformer = self.policy.transformer
-        state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(transformer).items()}
-        for name, param in transformer.named_parameters():
-            if param.requires_grad and "lora_" not in name:  # the camera modules, when trained
-                state[f"transformer.{name}"] = param
-        return {k: full_tensor(v.detach()).cpu().contiguous() for k, v in state.items()}
+        (adapter,) = transformer.peft_config
+        return {f"transformer.{name.replace(f'.{adapter}.', '.')}": param
+                for name, param in transformer.named_parameters() if param.requires_grad}
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights (LoRA and, if trained, the camera modules), whole and on the CPU (sharded weights
+        are gathered: every process must call this)."""
+        return {key: full_tensor(param.detach()).cpu().contiguous() for key, param in self._trained_weights().items()}
+
+    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads what :meth:`adapter_state_dict` returned (sharded weights take their shard); a missing or
+        unexpected key is an error naming it."""
+        params = self._trained_weights()
+        if state.keys() != params.keys():
+            raise KeyError(f"checkpoint does not fit the trained weights: missing {sorted(params.keys() - state.keys())[:3]}, "
+                           f"unexpected {sorted(state.keys() - params.keys())[:3]}")
+        with torch.no_grad():
+            for key, value in state.items():
+                params[key].copy_(shard_like(value.to(params[key].dtype), params[key]))
 
     def save_checkpoint(self) -> Path:
         """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the trained weights and the
@@ -423,16 +439,9 @@ class GRPOTrainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_file(path / "adapter.safetensors")
-        lora = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
-        set_peft_model_state_dict(self.policy.transformer, lora)  # peft shards onto sharded LoRA weights itself
-        params = dict(self.policy.transformer.named_parameters())
-        camera = {name: shard_like(value, params[name]) for name, value in
-                  ((k.removeprefix("transformer."), v) for k, v in state.items() if "lora_" not in k)}
-        if camera:
-            self.policy.transformer.load_state_dict(camera, strict=False)
-        trainer_state = torch.load(path / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.trainable))
+        self.load_adapter_state_dict(load_file(path / "adapter.safetensors"))
+        trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.optimizer))
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])

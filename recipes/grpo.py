@@ -43,8 +43,11 @@ def main(config: GRPOConfig) -> list[dict[str, float]]:
 
 def report(config: GRPOConfig, history: list[dict[str, float]]) -> None:
     """Says where the run's outputs are, and which rewards could not score a single rollout."""
-    print(f"Wrote {config.output_dir}/: checkpoint-{history[-1]['step']}/adapter.safetensors (LoRA and camera modules), "
-          "samples/*.mp4, logs/ (tensorboard --logdir), reward_curve.png")
+    if not history:
+        return
+    outputs = [f"checkpoint-{history[-1]['step']}/adapter.safetensors (LoRA and camera modules)"]
+    outputs += ["samples/*.mp4"] if config.eval_conditions else []
+    print(f"Wrote {config.output_dir}/: {', '.join(outputs + ['logs/ (tensorboard --logdir)', 'reward_curve.png'])}")
     for name in [k.removeprefix("failed/") for k in history[-1] if k.startswith("failed/")]:
         if all(h[f"failed/{name}"] == 1.0 for h in history):
             print(f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "

@@ -60,26 +60,38 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
 
     from torch.distributed.tensor import DTensor
 
+    from lyra_rl.sharding import reshard
+
     conditions_per_step, output_dir = int(sys.argv[1]), sys.argv[2]
     # one held-out condition: the second process has no share of it (sharded, it must join the forward passes)
-    trainer = make_trainer(output_dir, conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1)
+    settings = dict(conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1)
+    trainer = make_trainer(output_dir, **settings)
     history = [trainer.train_step() for _ in range(2)]
     evaluation = trainer.evaluate()
     checkpoint = trainer.save_checkpoint()
-    resumed = make_trainer(output_dir, conditions_per_step=conditions_per_step, max_steps=3, eval_conditions=1)
+    resumed = make_trainer(output_dir, **settings)
     resumed.load_checkpoint(checkpoint)
-    third, resumed_third = trainer.train_step(), resumed.train_step()  # the optimizer state is used from step 3 on
-    blocks = [p for p in trainer.policy.transformer.blocks.parameters()]
-    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks)
+    trainer.train_step(), resumed.train_step()  # step 3's update uses the optimizer state of steps 1-2
+    after, resumed_after = trainer.adapter_state_dict(), resumed.adapter_state_dict()
+
+    policy, blocks = trainer.policy, trainer.policy.transformer.blocks
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks.parameters())
+    held = local / sum(p.numel() for p in blocks.parameters())
+    cond, _ = trainer._condition(trainer._conditions([0], held_out=True), 1)
+    with torch.no_grad():  # a gradient-free pass: does a sharded block stay gathered after it?
+        policy.velocity(torch.randn(1, *policy.latent_shape(9, 32, 48)), torch.full((1,), 0.5), cond)
+    gathered = not isinstance(blocks[0].attn1.to_q.base_layer.weight, DTensor)
+    reshard(policy)
     if trainer.accelerator.is_main_process:
         print(json.dumps({
             "num_processes": trainer.accelerator.num_processes,
             "sharded": trainer.sharded,
-            "block_weights_held": local / sum(p.numel() for p in blocks),
+            "block_weights_held": held,
+            "gathered_after_no_grad_forward": gathered,
             "loss": [h["loss"] for h in history],
             "reward": [h["reward/total"] for h in history],
             "advantages": trainer.last_advantages.tolist(),
             "eval": evaluation,
-            "third_loss": [third["loss"], resumed_third["loss"]],
+            "resumed_weight_diff": max(float((after[k] - resumed_after[k]).abs().max()) for k in after),
         }))
     trainer.accelerator.end_training()  # destroy the process group: gloo may abort at exit otherwise

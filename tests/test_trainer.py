@@ -105,27 +105,33 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     two = launch_grpo_helper(tmp_path, 2, 1)
     assert two["num_processes"] == 2 and one["num_processes"] == 1 and not two["sharded"]
     assert_same_run(two, one)
-    for run in (one, two):  # resumed from the step-2 checkpoint: the same third step
-        assert run["third_loss"][1] == pytest.approx(run["third_loss"][0], abs=1e-6)
+    for run in (one, two):  # resumed from the step-2 checkpoint: the same weights after step 3
+        assert run["resumed_weight_diff"] < 1e-7
 
 
-@pytest.mark.parametrize("config_file", ["accelerate_fsdp.yaml", "accelerate_zero2.yaml"])
-def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file):
+@pytest.mark.parametrize("config_file, gathered", [("accelerate_fsdp.yaml", False), ("accelerate_zero2.yaml", True)])
+def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file, gathered):
     """The shipped FSDP configs shard each block over a 2-process CPU group: the same numbers as one process,
-    whole checkpoints that equal the one-process run's, and a resumed run that continues alike."""
+    whole checkpoints (weights and optimizer state) that equal the one-process run's, and a resumed run
+    that continues alike."""
+    import torch
     from safetensors.torch import load_file
 
     one_dir, one = one_process_run
     sharded = launch_grpo_helper(tmp_path, 2, 1, config_file)
     assert sharded["sharded"] and sharded["block_weights_held"] == pytest.approx(0.5, abs=0.01)
+    assert sharded["gathered_after_no_grad_forward"] is gathered  # reshard_after_forward from the config
     assert_same_run(sharded, one)
-    assert sharded["third_loss"][1] == pytest.approx(sharded["third_loss"][0], abs=1e-6)
-    assert sharded["third_loss"][0] == pytest.approx(one["third_loss"][0], abs=1e-4)
+    assert sharded["resumed_weight_diff"] < 1e-7
     saved, reference = (load_file(d / "checkpoint-2" / "adapter.safetensors") for d in (tmp_path, one_dir))
     assert saved.keys() == reference.keys()
     for key in saved:
-        assert saved[key].shape == reference[key].shape
-        assert (saved[key] - reference[key]).abs().max() < 1e-4, key
+        torch.testing.assert_close(saved[key], reference[key], rtol=1e-2, atol=1e-4)  # Adam at lr 1e-2 amplifies GEMM noise
+    states = [torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=False)["optimizer"]["state"] for d in (tmp_path, one_dir)]
+    assert states[0].keys() == states[1].keys()
+    for index in states[0]:
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(states[0][index][name], states[1][index][name], rtol=1e-2, atol=1e-8)
 
 
 def test_training_on_a_folder_of_images(tmp_path):
@@ -173,6 +179,7 @@ def test_guidance_steers_rollouts_and_keeps_the_first_ratio_at_one(tmp_path):
 
 
 def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
 
     trainer = make_trainer(tmp_path, camera_layout="astra", max_steps=1, save_steps=1)
@@ -182,6 +189,10 @@ def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
             "transformer.blocks.1.projector.weight"} <= set(saved)
     assert saved["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init
     assert not any(".experts.1." in k or ".experts.2." in k for k in saved)  # only the routed expert trains
+    lora = {f"transformer.{k}" for k in get_peft_model_state_dict(trainer.policy.transformer)}
+    assert {k for k in saved if "lora_" in k} == lora  # peft's (and diffusers' load_lora_weights') key names
+    with pytest.raises(KeyError, match="sekai_processor"):
+        trainer.load_adapter_state_dict({k: v for k, v in saved.items() if "sekai_processor" not in k})
 
 
 @pytest.fixture
