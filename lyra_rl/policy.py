@@ -5,6 +5,8 @@ Convention:
     - Flow matching: ``t`` in ``[0, 1]``, ``t = 1`` is noise, ``x_t = (1 - t) x0 + t eps``, velocity
       ``v = eps - x0``. The conversion to a model's own timestep scale happens inside the policy.
     - The reference model is the policy with its adapters disabled (:meth:`adapters_disabled`), never a copy.
+    - Sharded training (accelerate's FSDP configs) also needs ``shard(reshard_after_forward: bool)``, which
+      shards the policy's big modules with FSDP2 (see ``lyra_rl.sharding``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ class VideoPolicy(Protocol):
     def velocity(self, latents: Tensor, t: Tensor, cond: Any) -> Tensor:
         """``v_theta(x_t, t | cond)`` for latents ``(B, C, T', H', W')`` and times ``t (B,)``."""
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents to videos ``(B, T, 3, H, W)`` in ``[0, 1]``."""
+    def decode(self, latents: Tensor, cond: Any) -> Tensor:
+        """Generated latents (of a rollout with conditions ``cond``) to videos ``(B, T, 3, H, W)`` in ``[0, 1]``."""
 
     def adapters_disabled(self) -> AbstractContextManager:
         """Context in which :meth:`velocity` is the frozen reference model."""

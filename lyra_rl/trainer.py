@@ -41,6 +41,8 @@ from .video import camera_path_video, write_video
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.load_lora_weights(checkpoint_dir) finds it
+CAMERA_WEIGHTS = "camera_modules.safetensors"
 
 
 def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -399,34 +401,40 @@ class GRPOTrainer:
         return {f"transformer.{name.replace(f'.{adapter}.', '.')}": param
                 for name, param in transformer.named_parameters() if param.requires_grad}
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights (LoRA and, if trained, the camera modules), whole and on the CPU (sharded weights
         are gathered: every process must call this)."""
         return {key: full_tensor(param.detach()).cpu().contiguous() for key, param in self._trained_weights().items()}
 
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Loads what :meth:`adapter_state_dict` returned (sharded weights take their shard); a missing or
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
         unexpected key is an error naming it."""
         params = self._trained_weights()
-        if state.keys() != params.keys():
-            raise KeyError(f"checkpoint does not fit the trained weights: missing {sorted(params.keys() - state.keys())[:3]}, "
-                           f"unexpected {sorted(state.keys() - params.keys())[:3]}")
+        missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+        if missing or unexpected:
+            raise KeyError(f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
+                           f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
         with torch.no_grad():
             for key, value in state.items():
                 params[key].copy_(shard_like(value.to(params[key].dtype), params[key]))
 
     def save_checkpoint(self) -> Path:
-        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the trained weights and the
-        optimizer state whole, so a run resumes on any number of processes."""
+        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the LoRA as diffusers saves it
+        (:data:`LORA_WEIGHTS`: ``WanPipeline.load_lora_weights(checkpoint)`` and peft load it), the trained
+        camera modules apart (:data:`CAMERA_WEIGHTS`, ReCamMaster/Astra key names), and the optimizer state,
+        all whole, so a run resumes on any number of processes."""
         final = self.output_dir / f"checkpoint-{self.step}"
-        adapter, optimizer = self.adapter_state_dict(), full_state(self.optimizer.state_dict())
+        trained, optimizer = self.trained_state_dict(), full_state(self.optimizer.state_dict())
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return final
         tmp = self.output_dir / f".tmp-checkpoint-{self.step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(adapter, tmp / "adapter.safetensors")
+        save_file({k: v for k, v in trained.items() if "lora_" in k}, tmp / LORA_WEIGHTS)
+        camera = {k: v for k, v in trained.items() if "lora_" not in k}
+        if camera:
+            save_file(camera, tmp / CAMERA_WEIGHTS)
         torch.save({
             "optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(),
             "step": self.step, "history": self.history,
@@ -439,7 +447,10 @@ class GRPOTrainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        self.load_adapter_state_dict(load_file(path / "adapter.safetensors"))
+        state = load_file(path / LORA_WEIGHTS)
+        if (path / CAMERA_WEIGHTS).is_file():
+            state.update(load_file(path / CAMERA_WEIGHTS))
+        self.load_trained_state_dict(state)
         trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.optimizer))
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])

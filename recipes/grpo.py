@@ -45,7 +45,7 @@ def report(config: GRPOConfig, history: list[dict[str, float]]) -> None:
     """Says where the run's outputs are, and which rewards could not score a single rollout."""
     if not history:
         return
-    outputs = [f"checkpoint-{history[-1]['step']}/adapter.safetensors (LoRA and camera modules)"]
+    outputs = [f"checkpoint-{history[-1]['step']}/ (the LoRA as diffusers loads it, trained camera modules, training state)"]
     outputs += ["samples/*.mp4"] if config.eval_conditions else []
     print(f"Wrote {config.output_dir}/: {', '.join(outputs + ['logs/ (tensorboard --logdir)', 'reward_curve.png'])}")
     for name in [k.removeprefix("failed/") for k in history[-1] if k.startswith("failed/")]:

@@ -72,7 +72,7 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     resumed = make_trainer(output_dir, **settings)
     resumed.load_checkpoint(checkpoint)
     trainer.train_step(), resumed.train_step()  # step 3's update uses the optimizer state of steps 1-2
-    after, resumed_after = trainer.adapter_state_dict(), resumed.adapter_state_dict()
+    after, resumed_after = trainer.trained_state_dict(), resumed.trained_state_dict()
 
     policy, blocks = trainer.policy, trainer.policy.transformer.blocks
     local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks.parameters())

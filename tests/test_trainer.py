@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from grpo_helpers import make_trainer
 from lyra_rl.trainer import latest_checkpoint
@@ -53,7 +54,7 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     assert [h["learning_rate"] for h in full] == pytest.approx([0.5e-2, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9)  # warm-up, cosine
     run = tmp_path / "full"
     assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4-1.mp4").is_file()
-    assert (run / "checkpoint-4" / "adapter.safetensors").is_file() and any((run / "logs").iterdir())
+    assert (run / "checkpoint-4" / "pytorch_lora_weights.safetensors").is_file() and any((run / "logs").iterdir())
     sample, _ = read_video(run / "samples" / "step-4-0.mp4")
     assert sample.shape[-1] == sample.shape[-2] + 48 * sample.shape[-2] // 32  # the frame, then the camera path panel
     assert [h["step"] for h in full if "eval/reward/total" in h] == [2, 4]
@@ -123,7 +124,8 @@ def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file
     assert sharded["gathered_after_no_grad_forward"] is gathered  # reshard_after_forward from the config
     assert_same_run(sharded, one)
     assert sharded["resumed_weight_diff"] < 1e-7
-    saved, reference = (load_file(d / "checkpoint-2" / "adapter.safetensors") for d in (tmp_path, one_dir))
+    saved, reference = ({**load_file(d / "checkpoint-2" / "pytorch_lora_weights.safetensors"),
+                         **load_file(d / "checkpoint-2" / "camera_modules.safetensors")} for d in (tmp_path, one_dir))
     assert saved.keys() == reference.keys()
     for key in saved:
         torch.testing.assert_close(saved[key], reference[key], rtol=1e-2, atol=1e-4)  # Adam at lr 1e-2 amplifies GEMM noise
@@ -184,15 +186,41 @@ def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
 
     trainer = make_trainer(tmp_path, camera_layout="astra", max_steps=1, save_steps=1)
     trainer.train()
-    saved = load_file(tmp_path / "checkpoint-1" / "adapter.safetensors")
+    camera = load_file(tmp_path / "checkpoint-1" / "camera_modules.safetensors")
     assert {"transformer.sekai_processor.projector.0.weight", "transformer.blocks.0.moe.experts.0.0.weight",
-            "transformer.blocks.1.projector.weight"} <= set(saved)
-    assert saved["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init
-    assert not any(".experts.1." in k or ".experts.2." in k for k in saved)  # only the routed expert trains
-    lora = {f"transformer.{k}" for k in get_peft_model_state_dict(trainer.policy.transformer)}
-    assert {k for k in saved if "lora_" in k} == lora  # peft's (and diffusers' load_lora_weights') key names
-    with pytest.raises(KeyError, match="sekai_processor"):
-        trainer.load_adapter_state_dict({k: v for k, v in saved.items() if "sekai_processor" not in k})
+            "transformer.blocks.1.projector.weight"} <= set(camera) and not any("lora_" in k for k in camera)
+    assert camera["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init
+    assert not any(".experts.1." in k or ".experts.2." in k for k in camera)  # only the routed expert trains
+    lora = load_file(tmp_path / "checkpoint-1" / "pytorch_lora_weights.safetensors")
+    assert set(lora) == {f"transformer.{k}" for k in get_peft_model_state_dict(trainer.policy.transformer)}
+    with pytest.raises(KeyError, match=f"{len(camera)} missing"):  # the camera modules' file left out
+        trainer.load_trained_state_dict(lora)
+
+
+def test_checkpoint_lora_loads_in_diffusers_and_reproduces_the_policy(tmp_path):
+    """``WanPipeline.load_lora_weights(checkpoint)`` on the base DiT gives the trained policy's velocity (the
+    camera modules, not trained here, leave it unchanged)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    from policies.wan_camera import TRANSFORMER_CONFIGS
+
+    trainer = make_trainer(tmp_path, train_camera_modules=False, learning_rate=5e-2, max_steps=1)
+    trainer.train_step()
+    checkpoint = trainer.save_checkpoint()
+    assert not (checkpoint / "camera_modules.safetensors").exists()
+    torch.manual_seed(trainer.config.seed)  # the policy's base weights: the same seed, the same first draws
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]),
+                       vae=trainer.policy.vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.load_lora_weights(checkpoint)
+    latents, text = torch.randn(2, 4, 3, 4, 6), torch.randn(2, 7, 32)
+    timestep = torch.tensor([[500.0], [300.0]]).expand(2, 3 * 2 * 3)  # per token
+    with torch.no_grad():
+        trained = trainer.policy.dit(latents, timestep, text, torch.randn(2, 3, 12))
+        with trainer.policy.adapters_disabled():
+            reference = trainer.policy.dit(latents, timestep, text, torch.randn(2, 3, 12))
+        loaded = pipe.transformer(latents, timestep, text, return_dict=False)[0]
+    assert (trained - reference).abs().max() > 0.1  # the LoRA moved
+    torch.testing.assert_close(loaded, trained, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture
