@@ -58,14 +58,14 @@ def reshard(module: nn.Module) -> None:
             submodule.reshard()
 
 
-def adamw(params: Iterable[nn.Parameter], lr: float) -> torch.optim.AdamW:
+def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW over the trained weights. With FSDP2 shards among them it takes its per-tensor loop: its foreach
     kernels, on by default on GPUs, cannot mix DTensors and plain tensors (Astra's processor stays whole) in
     one call; for LoRA-sized tensors the loop costs milliseconds. One parameter group either way, so a
     checkpoint resumes with or without sharding."""
     params = list(params)
     sharded = any(isinstance(p, DTensor) for p in params)
-    return torch.optim.AdamW(params, lr=lr, foreach=False if sharded else None)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False if sharded else None)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from .video import camera_path_video, write_video
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' name: pipe.load_lora_weights(checkpoint_dir) finds it
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what policy.save_lora_weights writes (diffusers' name)
 CAMERA_WEIGHTS = "camera_modules.safetensors"
 
 
@@ -65,7 +65,7 @@ class GRPOConfig:
     > Sampling: num_sampling_steps, shift, noise_level, guidance_scale, negative_prompt, train_timestep_fraction,
       train_timestep_window.
     > Loss: beta (KL), epsilon (clip range), scale_rewards, num_iterations (inner epochs), train_micro_batch_size.
-    > Optimisation: learning_rate, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed.
+    > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed.
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
     > Evaluation: eval_conditions, eval_sampling_steps (every save_steps).
     > Output: output_dir, logging_steps, save_steps, resume.
@@ -108,6 +108,7 @@ class GRPOConfig:
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
     train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward pass of the rollout and forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (it would pull the identity-initialised camera projectors and loaded camera modules towards 0)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps after the warm-up: constant, linear or cosine (to 0)."})
     warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up (the first one at 1/(warmup_steps+1) of the rate)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
@@ -171,7 +172,7 @@ class GRPOTrainer:
                 raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
             policy.shard(plugin.reshard_after_forward)
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = adamw(self.trainable, config.learning_rate)
+        self.optimizer = adamw(self.trainable, config.learning_rate, config.weight_decay)
         total = config.max_steps * config.num_iterations  # optimizer steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
@@ -402,9 +403,9 @@ class GRPOTrainer:
                 for name, param in transformer.named_parameters() if param.requires_grad}
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained weights (LoRA and, if trained, the camera modules), whole and on the CPU (sharded weights
-        are gathered: every process must call this)."""
-        return {key: full_tensor(param.detach()).cpu().contiguous() for key, param in self._trained_weights().items()}
+        """A snapshot of the trained weights (LoRA and, if trained, the camera modules), whole and on the CPU
+        (sharded weights are gathered: every process must call this)."""
+        return {key: full_tensor(param.detach()).to("cpu", copy=True).contiguous() for key, param in self._trained_weights().items()}
 
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
@@ -420,9 +421,9 @@ class GRPOTrainer:
 
     def save_checkpoint(self) -> Path:
         """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the LoRA as diffusers saves it
-        (:data:`LORA_WEIGHTS`: ``WanPipeline.load_lora_weights(checkpoint)`` and peft load it), the trained
-        camera modules apart (:data:`CAMERA_WEIGHTS`, ReCamMaster/Astra key names), and the optimizer state,
-        all whole, so a run resumes on any number of processes."""
+        (:data:`LORA_WEIGHTS`, read by ``WanPipeline.load_lora_weights(checkpoint)``), the trained camera modules
+        apart (:data:`CAMERA_WEIGHTS`: ``transformer.`` + their names in the DiT, as ReCamMaster and Astra name
+        them), and the optimizer state, all whole, so a run resumes on any number of processes."""
         final = self.output_dir / f"checkpoint-{self.step}"
         trained, optimizer = self.trained_state_dict(), full_state(self.optimizer.state_dict())
         if not self.accelerator.is_main_process:
@@ -431,7 +432,7 @@ class GRPOTrainer:
         tmp = self.output_dir / f".tmp-checkpoint-{self.step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v for k, v in trained.items() if "lora_" in k}, tmp / LORA_WEIGHTS)
+        self.policy.save_lora_weights(tmp, {k: v for k, v in trained.items() if "lora_" in k})
         camera = {k: v for k, v in trained.items() if "lora_" not in k}
         if camera:
             save_file(camera, tmp / CAMERA_WEIGHTS)

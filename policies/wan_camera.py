@@ -29,11 +29,13 @@ import copy
 import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 import torch.utils.checkpoint
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers.loaders import WanLoraLoaderMixin
 from peft import LoraConfig
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
@@ -382,6 +384,16 @@ class WanCameraPolicy(nn.Module):
         )
         for param in self.dit.camera_parameters():
             param.requires_grad_(train_camera)
+
+    def save_lora_weights(self, directory: str | Path, lora: dict[str, Tensor]) -> None:
+        """Writes the LoRA weights ``lora`` (``transformer.<peft key>`` -> whole tensor) as diffusers does:
+        ``pytorch_lora_weights.safetensors`` with the adapter's rank and alpha as metadata, so that
+        ``WanPipeline.load_lora_weights(directory)`` applies them at the trained scale."""
+        (config,) = self.transformer.peft_config.values()
+        WanLoraLoaderMixin.save_lora_weights(
+            directory, transformer_lora_layers={k.removeprefix("transformer."): v for k, v in lora.items()},
+            transformer_lora_adapter_metadata=config.to_dict(),
+        )
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:

@@ -1,3 +1,4 @@
+import datetime
 import os
 import socket
 import types
@@ -14,7 +15,7 @@ def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: 
     from lyra_rl.sharding import adamw, clip_grad_norm_, full_tensor
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=2))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
     fully_shard(model[0])  # model[1] stays replicated, as Astra's camera processor does
@@ -24,7 +25,7 @@ def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: 
         param.grad /= world
     norm = clip_grad_norm_(model.parameters(), max_norm=0.5)
     grads = [full_tensor(p.grad) for p in model.parameters()]
-    optimizer = adamw(model.parameters(), lr=0.1)
+    optimizer = adamw(model.parameters(), lr=0.1, weight_decay=0.01)
     assert optimizer.defaults["foreach"] is False  # on GPUs foreach kernels would mix DTensors and tensors
     optimizer.step()
     weights = [full_tensor(p.detach()) for p in model.parameters()]
@@ -41,7 +42,7 @@ def test_clip_and_optimizer_step_over_sharded_and_replicated_weights(tmp_path):
     expected_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.5)
     expected = [p.grad.clone() for p in model.parameters()]
     assert expected_norm > 0.5  # the clipping acts
-    torch.optim.AdamW(model.parameters(), lr=0.1, foreach=True).step()
+    torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01, foreach=True).step()
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

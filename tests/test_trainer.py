@@ -22,6 +22,18 @@ def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
     assert max(h["kl"] for h in history) < 0.05
 
 
+def test_zero_advantages_leave_the_policy_unchanged(tmp_path):
+    """A reward every rollout of a group shares (as the floor of a reward that fails on every video) gives
+    zero advantages: at the reference weights the KL's gradient is 0 too, so nothing moves (no weight decay)."""
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.reward_set.rewards[0].score_video = lambda *args, **kwargs: (0.0, {})
+    before = trainer.trained_state_dict()
+    for _ in range(2):
+        trainer.train_step()
+    after = trainer.trained_state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
 def test_second_inner_epoch_moves_the_ratio(tmp_path):
     trainer = make_trainer(tmp_path, num_iterations=2, max_steps=2, lr_scheduler_type="linear")
     logged = trainer.train_step()
@@ -133,7 +145,8 @@ def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file
     assert states[0].keys() == states[1].keys()
     for index in states[0]:
         for name in ("exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(states[0][index][name], states[1][index][name], rtol=1e-2, atol=1e-8)
+            got, want = states[0][index][name], states[1][index][name]
+            torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3 * float(want.abs().max()))  # scale-aware
 
 
 def test_training_on_a_folder_of_images(tmp_path):
@@ -199,12 +212,12 @@ def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
 
 def test_checkpoint_lora_loads_in_diffusers_and_reproduces_the_policy(tmp_path):
     """``WanPipeline.load_lora_weights(checkpoint)`` on the base DiT gives the trained policy's velocity (the
-    camera modules, not trained here, leave it unchanged)."""
+    camera modules, not trained here, leave it unchanged), at the trained scale alpha / r = 2."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     from policies.wan_camera import TRANSFORMER_CONFIGS
 
-    trainer = make_trainer(tmp_path, train_camera_modules=False, learning_rate=5e-2, max_steps=1)
+    trainer = make_trainer(tmp_path, train_camera_modules=False, learning_rate=5e-2, max_steps=1, lora_r=8, lora_alpha=16)
     trainer.train_step()
     checkpoint = trainer.save_checkpoint()
     assert not (checkpoint / "camera_modules.safetensors").exists()
