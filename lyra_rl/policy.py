@@ -12,9 +12,11 @@ Convention:
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
+from torch.nn import Parameter
 
 from .camera import Cameras
 
@@ -39,3 +41,13 @@ class VideoPolicy(Protocol):
 
     def adapters_disabled(self) -> AbstractContextManager:
         """Context in which :meth:`velocity` is the frozen reference model."""
+
+    def trained_parameters(self) -> dict[str, Parameter]:
+        """The trained weights by the keys checkpoints store them under."""
+
+    def save_trained_weights(self, directory: str | Path, state: dict[str, Tensor]) -> None:
+        """Writes whole trained weights (keyed as :meth:`trained_parameters`) into ``directory``, in the format
+        the model's users load (e.g. diffusers' LoRA file)."""
+
+    def read_trained_weights(self, directory: str | Path) -> dict[str, Tensor]:
+        """What :meth:`save_trained_weights` wrote."""

@@ -24,7 +24,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 from torch.profiler import record_function
 from tqdm import tqdm
@@ -41,8 +40,6 @@ from .video import camera_path_video, write_video
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # what policy.save_lora_weights writes (diffusers' name)
-CAMERA_WEIGHTS = "camera_modules.safetensors"
 
 
 def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -394,23 +391,16 @@ class GRPOTrainer:
                 paths["estimated"] = estimated
         return write_video(path, camera_path_video(video, paths))
 
-    def _trained_weights(self) -> dict[str, torch.nn.Parameter]:
-        """The trained weights by their checkpoint key: ``transformer.<name>``, LoRA's without the adapter name
-        (peft's and diffusers' LoRA key names), the camera modules' as they are."""
-        transformer = self.policy.transformer
-        (adapter,) = transformer.peft_config
-        return {f"transformer.{name.replace(f'.{adapter}.', '.')}": param
-                for name, param in transformer.named_parameters() if param.requires_grad}
-
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """A snapshot of the trained weights (LoRA and, if trained, the camera modules), whole and on the CPU
         (sharded weights are gathered: every process must call this)."""
-        return {key: full_tensor(param.detach()).to("cpu", copy=True).contiguous() for key, param in self._trained_weights().items()}
+        return {key: full_tensor(param.detach()).to("cpu", copy=True).contiguous()
+                for key, param in self.policy.trained_parameters().items()}
 
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
         unexpected key is an error naming it."""
-        params = self._trained_weights()
+        params = self.policy.trained_parameters()
         missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
         if missing or unexpected:
             raise KeyError(f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
@@ -420,10 +410,9 @@ class GRPOTrainer:
                 params[key].copy_(shard_like(value.to(params[key].dtype), params[key]))
 
     def save_checkpoint(self) -> Path:
-        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the LoRA as diffusers saves it
-        (:data:`LORA_WEIGHTS`, read by ``WanPipeline.load_lora_weights(checkpoint)``), the trained camera modules
-        apart (:data:`CAMERA_WEIGHTS`: ``transformer.`` + their names in the DiT, as ReCamMaster and Astra name
-        them), and the optimizer state, all whole, so a run resumes on any number of processes."""
+        """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the trained weights as the
+        policy saves them (Wan: the LoRA as diffusers does, the camera modules beside it) and the optimizer
+        state, all whole, so a run resumes on any number of processes."""
         final = self.output_dir / f"checkpoint-{self.step}"
         trained, optimizer = self.trained_state_dict(), full_state(self.optimizer.state_dict())
         if not self.accelerator.is_main_process:
@@ -432,10 +421,7 @@ class GRPOTrainer:
         tmp = self.output_dir / f".tmp-checkpoint-{self.step}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.policy.save_lora_weights(tmp, {k: v for k, v in trained.items() if "lora_" in k})
-        camera = {k: v for k, v in trained.items() if "lora_" not in k}
-        if camera:
-            save_file(camera, tmp / CAMERA_WEIGHTS)
+        self.policy.save_trained_weights(tmp, trained)
         torch.save({
             "optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(),
             "step": self.step, "history": self.history,
@@ -448,10 +434,7 @@ class GRPOTrainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        state = load_file(path / LORA_WEIGHTS)
-        if (path / CAMERA_WEIGHTS).is_file():
-            state.update(load_file(path / CAMERA_WEIGHTS))
-        self.load_trained_state_dict(state)
+        self.load_trained_state_dict(self.policy.read_trained_weights(path))
         trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.optimizer))
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])

@@ -37,6 +37,7 @@ import torch.utils.checkpoint
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders import WanLoraLoaderMixin
 from peft import LoraConfig
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 from transformers import UMT5Config, UMT5EncoderModel
@@ -75,6 +76,8 @@ TEXT_CONFIGS = {
                         feed_forward_proj="gated-gelu", relative_attention_num_buckets=32),
 }
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name of a LoRA
+CAMERA_WEIGHTS = "camera_modules.safetensors"
 
 
 @dataclass
@@ -385,15 +388,33 @@ class WanCameraPolicy(nn.Module):
         for param in self.dit.camera_parameters():
             param.requires_grad_(train_camera)
 
-    def save_lora_weights(self, directory: str | Path, lora: dict[str, Tensor]) -> None:
-        """Writes the LoRA weights ``lora`` (``transformer.<peft key>`` -> whole tensor) as diffusers does:
-        ``pytorch_lora_weights.safetensors`` with the adapter's rank and alpha as metadata, so that
-        ``WanPipeline.load_lora_weights(directory)`` applies them at the trained scale."""
+    def trained_parameters(self) -> dict[str, nn.Parameter]:
+        """The trained weights (LoRA and trained camera modules) by their checkpoint key: ``transformer.`` + their
+        name in the DiT, LoRA's without the adapter name (the keys diffusers and peft save a LoRA under)."""
+        (adapter,) = self.transformer.peft_config
+        return {f"transformer.{name.replace(f'.{adapter}.', '.')}": param
+                for name, param in self.transformer.named_parameters() if param.requires_grad}
+
+    def save_trained_weights(self, directory: str | Path, state: dict[str, Tensor]) -> None:
+        """Writes whole trained weights keyed as :meth:`trained_parameters`: the LoRA as diffusers does
+        (:data:`LORA_WEIGHTS` with the adapter's rank and alpha as metadata, so ``WanPipeline.load_lora_weights
+        (directory)`` applies it at the trained scale) and the camera modules beside it (:data:`CAMERA_WEIGHTS`,
+        keyed as ReCamMaster and Astra checkpoints are, but only the trained modules)."""
         (config,) = self.transformer.peft_config.values()
-        WanLoraLoaderMixin.save_lora_weights(
-            directory, transformer_lora_layers={k.removeprefix("transformer."): v for k, v in lora.items()},
-            transformer_lora_adapter_metadata=config.to_dict(),
-        )
+        lora = {k.removeprefix("transformer."): v for k, v in state.items() if "lora_" in k}
+        WanLoraLoaderMixin.save_lora_weights(directory, transformer_lora_layers=lora,
+                                             transformer_lora_adapter_metadata=config.to_dict())
+        camera = {k: v for k, v in state.items() if "lora_" not in k}
+        if camera:
+            save_file(camera, Path(directory) / CAMERA_WEIGHTS)
+
+    @staticmethod
+    def read_trained_weights(directory: str | Path) -> dict[str, Tensor]:
+        """What :meth:`save_trained_weights` wrote to ``directory``."""
+        state = load_file(Path(directory) / LORA_WEIGHTS)
+        if (Path(directory) / CAMERA_WEIGHTS).is_file():
+            state.update(load_file(Path(directory) / CAMERA_WEIGHTS))
+        return state
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
