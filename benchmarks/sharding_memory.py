@@ -17,7 +17,7 @@ the weights outweigh a step's activations. Per process:
 ``fsdp_memory_ratio`` / ``zero2_memory_ratio``: (held + step peak) of the sharded run over the DDP run's,
 the largest over the processes.
 
-    python benchmarks/sharding_memory.py --quick    # ~4 minutes on 2 cores; last line: fsdp_memory_ratio=X zero2_memory_ratio=Y ...
+    python benchmarks/sharding_memory.py --quick    # ~2.5 minutes on 2 cores; last line: fsdp_memory_ratio=X zero2_memory_ratio=Y ...
 """
 
 from __future__ import annotations
@@ -94,9 +94,8 @@ def worker(num_layers: int, repeats: int) -> None:
     for _ in range(repeats):
         logged = trainer.train_step()
         seconds.append(logged["time/rollout"] + logged["time/update"])
-    held = sum((p.to_local() if isinstance(p, DTensor) else p).nbytes for p in policy.parameters())
-    held += sum((v.to_local() if isinstance(v, DTensor) else v).nbytes
-                for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+    optimizer_state = [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+    held = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in [*policy.parameters(), *optimizer_state])
     peak = resident_step_peak(trainer)
     figures = torch.tensor([held, peak, held + peak, statistics.median(seconds)], dtype=torch.float64)
     largest = accelerator.reduce(figures, "max")  # every figure: the largest over the processes
@@ -120,7 +119,7 @@ def launch(config_file: str | None, num_layers: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 blocks, 1 timed step (~4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="4 blocks, 1 timed step (~2.5 minutes)")
     parser.add_argument("--num-layers", type=int, default=8, help="DiT blocks (Wan2.1-1.3B has 30)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
