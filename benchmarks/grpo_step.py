@@ -1,8 +1,9 @@
 """One GRPO step split into rollout, decode, reward and update, against the floor for the same shapes.
 
 Floor: the bare forward passes of the policy (``velocity``) of the rollout, plus forward+backward of the trained
-timesteps (and the reference forward when beta > 0), timed in the same run. ``step_overhead`` = (rollout + update) / floor;
-building the conditions (rendering, text and image encoding), decoding and rewards are reported apart.
+timesteps (and the reference forward when beta > 0), each timed next to the step it is the floor of.
+``step_overhead`` = (rollout + update) / floor, the median over the timed steps; building the conditions
+(rendering, text and image encoding), decoding and rewards are reported apart.
 Memory: the peak tensor memory a step adds, with the adapter-disabled reference vs. the same step without
 the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU from the
 profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs in the
@@ -48,7 +49,7 @@ def make_trainer(policy_name: str, beta: float, quick: bool, camera_layout: str 
     if policy_name == "wan2.1-1.3b":
         size = dict(num_frames=33, height=480, width=832)
     else:
-        size = dict(num_frames=9, height=32, width=48) if quick else dict(num_frames=17, height=64, width=96)
+        size = dict(num_frames=17, height=64, width=96) if quick else dict(num_frames=33, height=128, width=192)
     cuda = torch.cuda.is_available()
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), policy=policy_name, rewards=[], beta=beta, num_sampling_steps=8,
@@ -67,8 +68,9 @@ def make_trainer(policy_name: str, beta: float, quick: bool, camera_layout: str 
     return GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
 
 
-def floor_seconds(trainer: GRPOTrainer) -> float:
-    """Bare policy passes for the same shapes: S forwards (rollout) + n_train forward+backward (+ reference)."""
+def floor_seconds(trainer: GRPOTrainer) -> dict[str, float]:
+    """Bare policy passes for the same shapes: S forwards (the rollout's floor) and n_train forward+backward
+    (+ reference forwards; the update's floor)."""
     config, policy, device = trainer.config, trainer.policy, trainer.accelerator.device
     batch = procedural_conditions(config.seed, [0], config.num_frames, config.height, config.width)
     cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
@@ -80,6 +82,8 @@ def floor_seconds(trainer: GRPOTrainer) -> float:
     with torch.no_grad(), trainer.accelerator.autocast():
         for _ in range(config.num_sampling_steps):
             policy.velocity(latents, t, cond)
+    _sync()
+    rollout_end = time.perf_counter()
     for _ in range(num_train):
         with trainer.accelerator.autocast():
             loss = policy.velocity(latents, t, cond).float().square().mean()
@@ -88,9 +92,9 @@ def floor_seconds(trainer: GRPOTrainer) -> float:
             with torch.no_grad(), trainer.accelerator.autocast():
                 policy.velocity(latents, t, cond)
     _sync()
-    elapsed = time.perf_counter() - start
+    end = time.perf_counter()
     policy.zero_grad(set_to_none=True)  # the floor's gradients must not leak into the next step
-    return elapsed
+    return {"rollout": rollout_end - start, "update": end - rollout_end}
 
 
 def _sync() -> None:
@@ -163,28 +167,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats (< 2 minutes)")
     parser.add_argument("--policy", default="tiny", help="policy config (wan2.1-1.3b needs a large GPU)")
     parser.add_argument("--camera-layout", default="recammaster", choices=["recammaster", "astra"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps (default 7 with --quick, else 9)")
     args = parser.parse_args()
-    repeats = 2 if args.quick else args.repeats
+    repeats = args.repeats or (7 if args.quick else 9)
     trainer = make_trainer(args.policy, beta=0.004, quick=args.quick, camera_layout=args.camera_layout)
     trainer.train_step()  # warm-up
-    phases = {k: [] for k in ("time/conditions", "time/rollout", "time/decode", "time/reward", "time/update")}
-    floors = []
-    for _ in range(repeats):
+    phases = {k: [] for k in ("conditions", "rollout", "decode", "reward", "update")}
+    floors = {"rollout": [], "update": []}
+    for _ in range(repeats):  # each step timed next to its floor: the ratios are taken pair by pair
         logged = trainer.train_step()
         for k in phases:
-            phases[k].append(logged[k])
-        floors.append(floor_seconds(trainer))
-    median = {k.removeprefix("time/"): statistics.median(v) for k, v in phases.items()}
-    floor = statistics.median(floors)
+            phases[k].append(logged[f"time/{k}"])
+        for k, seconds in floor_seconds(trainer).items():
+            floors[k].append(seconds)
+    measured = [r + u for r, u in zip(phases["rollout"], phases["update"])]
+    overhead = statistics.median(m / (r + u) for m, r, u in zip(measured, floors["rollout"], floors["update"]))
     c = trainer.config
     print(f"GRPO step, policy {args.policy}, {c.num_generations} rollouts of {c.num_frames}x{c.height}x{c.width}, "
           f"{c.num_sampling_steps} steps, {len(select_timesteps(c.num_sampling_steps, c.train_timestep_fraction))} trained, beta {c.beta}, "
-          f"device {trainer.accelerator.device}")
-    for name, value in median.items():
-        print(f"  {name:10s} {value:7.3f} s")
-    print(f"  floor      {floor:7.3f} s (bare DiT: rollout forwards + trained forward/backward + reference forwards)")
-    overhead = (median["rollout"] + median["update"]) / floor
+          f"device {trainer.accelerator.device}, median of {repeats}")
+    for name, values in phases.items():
+        line = f"  {name:10s} {statistics.median(values):7.3f} s"
+        if name in floors:
+            ratio = statistics.median(v / f for v, f in zip(values, floors[name]))
+            line += f"   floor {statistics.median(floors[name]):7.3f} s, measured/floor {ratio:.2f}"
+        print(line)
 
     peaks = {"with_reference": step_peak_bytes(trainer)}
     no_kl = make_trainer(args.policy, beta=0.0, quick=args.quick, camera_layout=args.camera_layout)

@@ -37,6 +37,7 @@ import torch.utils.checkpoint
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders import WanLoraLoaderMixin
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
@@ -358,6 +359,7 @@ class WanCameraPolicy(nn.Module):
         self.tokenizer = tokenizer
         self._text_cache: dict[str, Tensor] = {}
         self.offload_vae = False
+        self._lora_layers: list[BaseTunerLayer] = []  # set by add_lora
 
     @classmethod
     def from_config(cls, name: str = "tiny", seed: int = 0, camera_layout: str = "recammaster", num_experts: int = 3,
@@ -387,6 +389,7 @@ class WanCameraPolicy(nn.Module):
         )
         for param in self.dit.camera_parameters():
             param.requires_grad_(train_camera)
+        self._lora_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
 
     def trained_parameters(self) -> dict[str, nn.Parameter]:
         """The trained weights (LoRA and trained camera modules) by their checkpoint key: ``transformer.`` + their
@@ -418,12 +421,17 @@ class WanCameraPolicy(nn.Module):
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
-        """The reference model: the same weights with the LoRA adapters switched off."""
-        self.transformer.disable_adapters()
+        """The reference model: the same weights with the LoRA adapters switched off (layer by layer over the
+        layers :meth:`add_lora` found: diffusers' ``disable_adapters`` walks every module, at each reference pass)."""
+        if not self._lora_layers:
+            raise ValueError("the policy has no LoRA adapters to disable: call add_lora first")
+        for layer in self._lora_layers:
+            layer.enable_adapters(False)
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
+            for layer in self._lora_layers:
+                layer.enable_adapters(True)
 
     def place(self, device: torch.device | str, dtype: torch.dtype = torch.float32, offload_vae: bool = False) -> WanCameraPolicy:
         """Moves the DiT and the VAE to ``device`` for mixed-precision training: the DiT's frozen weights in

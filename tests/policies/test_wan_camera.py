@@ -56,6 +56,8 @@ def test_lora_starts_as_identity_and_reference_disables_it(policy):
     assert (policy.velocity(latents, t, cond) - before).abs().max() > 1e-4
     with policy.adapters_disabled():
         torch.testing.assert_close(policy.velocity(latents, t, cond), before)
+    assert (policy.velocity(latents, t, cond) - before).abs().max() > 1e-4  # switched back on, still trained
+    assert {n for n, p in policy.named_parameters() if p.requires_grad} == trainable
 
 
 def test_frozen_camera_modules(policy):
