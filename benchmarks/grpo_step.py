@@ -79,17 +79,17 @@ def floor_seconds(trainer: GRPOTrainer) -> dict[str, float]:
     num_train = len(select_timesteps(config.num_sampling_steps, config.train_timestep_fraction))
     _sync()
     start = time.perf_counter()
-    with torch.no_grad(), trainer.accelerator.autocast():
+    with torch.no_grad(), trainer.autocast():
         for _ in range(config.num_sampling_steps):
             policy.velocity(latents, t, cond)
     _sync()
     rollout_end = time.perf_counter()
     for _ in range(num_train):
-        with trainer.accelerator.autocast():
+        with trainer.autocast():
             loss = policy.velocity(latents, t, cond).float().square().mean()
         loss.backward()
         if config.beta > 0:
-            with torch.no_grad(), trainer.accelerator.autocast():
+            with torch.no_grad(), trainer.autocast():
                 policy.velocity(latents, t, cond)
     _sync()
     end = time.perf_counter()

@@ -1,12 +1,14 @@
-"""Per-process memory and time of a GRPO step with the DiT blocks replicated (DDP) or sharded over 2 processes
-(``accelerate_fsdp.yaml``: FSDP2 FULL_SHARD; ``accelerate_zero2.yaml``: SHARD_GRAD_OP), side by side.
+"""Per-process memory and time of a GRPO step on 2 processes, side by side: the DiT replicated (DDP), its blocks
+sharded (``accelerate_fsdp.yaml``: FSDP2 FULL_SHARD; ``accelerate_fsdp_grad_op.yaml``: SHARD_GRAD_OP), or the
+trained weights' optimizer state and gradients partitioned (``accelerate_deepspeed_zero2.yaml``: DeepSpeed ZeRO-2).
 
 Model: Wan2.1-1.3B's block shapes (dim 1536, FFN 8960, text dim 4096) with fewer blocks and a small VAE, random
 weights, LoRA r8 and camera modules trained, on the CPU in float32 (a 2-process gloo group); as at full size,
 the weights outweigh a step's activations. Per process:
 
 - held: the tensors kept between steps (its weights, only its shards of the blocks when sharded, and the
-  optimizer state);
+  optimizer state; under ZeRO its partition of the AdamW state and the float32 copy of the trained weights
+  it steps);
 - step peak: what a step adds on top (gathered blocks, activations, gradients): the rise of the resident
   memory over the step, sampled every 2 ms. (Not the profiler's allocation events, as ``grpo_step.py`` uses:
   they miss FSDP2's frees of the gathered weights, which resize their storage to 0; summed, they read
@@ -14,10 +16,10 @@ the weights outweigh a step's activations. Per process:
 - rollout + update time (median); on CPU gloo the all-gathers are slow, so this time ratio says little
   about NCCL on GPUs.
 
-``fsdp_memory_ratio`` / ``zero2_memory_ratio``: (held + step peak) of the sharded run over the DDP run's,
-the largest over the processes.
+``<run>_memory_ratio``: (held + step peak) of the run over the DDP run's, the largest over the processes;
+``<run>_time_ratio`` likewise.
 
-    python benchmarks/sharding_memory.py --quick    # ~2.5 minutes on 2 cores; last line: fsdp_memory_ratio=X zero2_memory_ratio=Y ...
+    python benchmarks/sharding_memory.py --quick    # ~3 minutes on 2 cores; last line: fsdp_memory_ratio=X ...
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"ddp": None, "fsdp": "accelerate_fsdp.yaml", "zero2": "accelerate_zero2.yaml"}
+CONFIGS = {"ddp": None, "fsdp": "accelerate_fsdp.yaml", "fsdp_grad_op": "accelerate_fsdp_grad_op.yaml",
+           "deepspeed_zero2": "accelerate_deepspeed_zero2.yaml"}
 
 
 def resident_bytes() -> int:
@@ -66,13 +69,13 @@ def resident_step_peak(trainer) -> int:
 def worker(num_layers: int, repeats: int) -> None:
     """One run under ``accelerate launch``: prints the per-process figures as JSON on rank 0."""
     import torch
-    from accelerate import Accelerator
     from torch.distributed.tensor import DTensor
 
     from grpo_step import MeanBrightness
     from lyra_rl.data.conditions import procedural_prompts
     from lyra_rl.reward import RewardSet
     from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+    from lyra_rl.zero import make_accelerator
     from policies import wan_camera
     from policies.prompts import WAN_TEXT_LENGTH
 
@@ -86,7 +89,7 @@ def worker(num_layers: int, repeats: int) -> None:
     text_dim = policy.transformer.config.text_dim
     policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim) for p in procedural_prompts()})
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    accelerator = make_accelerator("no")
     policy.place(accelerator.device)
     trainer = GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
     trainer.train_step()  # warm-up: the optimizer state exists from here on
@@ -94,8 +97,11 @@ def worker(num_layers: int, repeats: int) -> None:
     for _ in range(repeats):
         logged = trainer.train_step()
         seconds.append(logged["time/rollout"] + logged["time/update"])
+    weights = list(policy.parameters())
+    own = {id(p) for p in weights}  # ZeRO steps float32 copies of its partition: count them too
+    optimized = [p for group in trainer.optimizer.param_groups for p in group["params"] if id(p) not in own]
     optimizer_state = [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    held = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in [*policy.parameters(), *optimizer_state])
+    held = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in [*weights, *optimized, *optimizer_state])
     peak = resident_step_peak(trainer)
     figures = torch.tensor([held, peak, held + peak, statistics.median(seconds)], dtype=torch.float64)
     largest = accelerator.reduce(figures, "max")  # every figure: the largest over the processes
@@ -119,7 +125,7 @@ def launch(config_file: str | None, num_layers: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="4 blocks, 1 timed step (~2.5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="4 blocks, 1 timed step (~3 minutes)")
     parser.add_argument("--num-layers", type=int, default=8, help="DiT blocks (Wan2.1-1.3B has 30)")
     parser.add_argument("--repeats", type=int, default=2, help="timed steps")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -131,11 +137,11 @@ def main() -> None:
     runs = {name: launch(config_file, num_layers, repeats) for name, config_file in CONFIGS.items()}
     print(f"GRPO step on 2 CPU processes, Wan2.1-1.3B block shapes x {num_layers} blocks, float32, per process (largest):")
     for name, run in runs.items():
-        print(f"  {name:6s} held {run['held'] / 2**20:8.1f} MiB  step peak {run['peak'] / 2**20:8.1f} MiB  "
+        print(f"  {name:15s} held {run['held'] / 2**20:8.1f} MiB  step peak {run['peak'] / 2**20:8.1f} MiB  "
               f"total {run['total'] / 2**20:8.1f} MiB  rollout+update {run['seconds']:6.2f} s")
-    ddp = runs["ddp"]
-    print(f"fsdp_memory_ratio={runs['fsdp']['total'] / ddp['total']:.2f} zero2_memory_ratio={runs['zero2']['total'] / ddp['total']:.2f} "
-          f"fsdp_time_ratio={runs['fsdp']['seconds'] / ddp['seconds']:.2f} zero2_time_ratio={runs['zero2']['seconds'] / ddp['seconds']:.2f}")
+    ddp, others = runs["ddp"], [name for name in runs if name != "ddp"]
+    print(" ".join([*(f"{name}_memory_ratio={runs[name]['total'] / ddp['total']:.2f}" for name in others),
+                    *(f"{name}_time_ratio={runs[name]['seconds'] / ddp['seconds']:.2f}" for name in others)]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The GRPO trainer keeps its own data-parallel loop (rollouts per process, advantages over the gathered group,
 an all-reduce of the gradients of replicated weights). Launched with accelerate's FSDP settings
-(``recipes/configs/accelerate_fsdp.yaml``, ``accelerate_zero2.yaml`` or ``--use_fsdp --fsdp_version 2``), the policy also
+(``recipes/configs/accelerate_fsdp.yaml``, ``accelerate_fsdp_grad_op.yaml`` or ``--use_fsdp --fsdp_version 2``), the policy also
 shards its transformer blocks with torch's ``fully_shard``: each process stores ``1/N`` of their weights,
 gradients and optimizer state, gathers a block's weights for its forward and backward passes and
 reduce-scatters its gradients.
@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import FullyShardedDataParallelPlugin
 from torch import nn
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
@@ -35,9 +35,6 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | None:
     """accelerate's FSDP settings of this launch, or ``None`` when the weights are not to be sharded (one
     process, or no FSDP in the launch). Raises ``ValueError`` for settings the trainer does not implement."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("lyra-rl shards with FSDP2, not DeepSpeed: launch with recipes/configs/accelerate_zero2.yaml "
-                         "(ZeRO-2's trade) or accelerate_fsdp.yaml (ZeRO-3's)")
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
     if plugin is None and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         plugin = FullyShardedDataParallelPlugin()  # CPU: accelerate dropped it, its launcher's variables remain

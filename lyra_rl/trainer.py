@@ -5,7 +5,8 @@ advantages (over the group gathered from every process) -> for each inner epoch 
 step: replay the stored transition, clipped ratio loss (+ KL to the adapter-disabled reference) ->
 gradient all-reduce, clipping, optimizer step. The math lives in ``sampling`` and ``algorithms.grpo``;
 this module is the glue, plus logging and atomic checkpoints. Launched with accelerate's FSDP settings, the
-policy's blocks are sharded over the processes (``sharding``).
+policy's blocks are sharded over the processes (``sharding``); with DeepSpeed's, the trained weights'
+gradients and optimizer state are partitioned (``zero``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch.distributed.tensor import DTensor
 from torch.profiler import record_function
 from tqdm import tqdm
@@ -37,6 +39,7 @@ from .sampling import gaussian_kl, sde_step, shifted_sigmas
 from .sharding import (adamw, clip_grad_norm_, fsdp_plugin, full_state, full_tensor, reshard, shard_like,
                        shard_optimizer_state)
 from .video import camera_path_video, write_video
+from .zero import full_optimizer_state, load_full_optimizer_state, zero_engine
 
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -174,6 +177,10 @@ class GRPOTrainer:
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
         )
+        self.engine = None  # DeepSpeed's, under a DeepSpeed launch: it reduces, clips and steps (``zero``)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            rollouts_per_process = config.conditions_per_step * config.num_generations
+            self.engine = zero_engine(accelerator, self.trainable, self.optimizer, config.max_grad_norm, rollouts_per_process)
         self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
         self.step = 0
         self.history: list[dict[str, float]] = []
@@ -186,6 +193,11 @@ class GRPOTrainer:
                                  f"{config.eval_conditions + 1} are needed (the last {config.eval_conditions} are held out)")
             split = len(entries) - config.eval_conditions
             self.entries, self.eval_entries = entries[:split], entries[split:]
+
+    def autocast(self):
+        """bf16 autocast when the launch's mixed precision is bf16 (accelerate's own does nothing under
+        DeepSpeed, whose bf16 mode, which casts the trained weights too, the trainer switches off)."""
+        return torch.autocast(self.accelerator.device.type, torch.bfloat16, enabled=self.accelerator.mixed_precision == "bf16")
 
     def _global_indices(self) -> list[int]:
         per_process = self.config.conditions_per_step
@@ -235,7 +247,7 @@ class GRPOTrainer:
             initial, step_noise = self._noise(batch.ids, latent_shape)
             train_steps = self._train_steps()
             sde_mask = sde_step_mask(config.num_sampling_steps, train_steps)
-        with timed_phase("rollout", timings), accelerator.autocast():
+        with timed_phase("rollout", timings), self.autocast():
             result = rollout(policy, cond, initial.to(device), self.sigmas.to(device), sde_mask, config.noise_level,
                              step_noise.to(device), uncond, config.guidance_scale, config.train_micro_batch_size)
             reshard(policy)
@@ -288,8 +300,8 @@ class GRPOTrainer:
 
     def _update(self, result, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor) -> tuple[dict[str, list[tuple[float, float]]], torch.Tensor]:
         """Inner epochs over the trained steps of the rollouts, in micro-batches: replayed SDE steps, clipped loss
-        (+ KL to the adapter-disabled reference), gradients accumulated over micro-batches and steps, then
-        all-reduce, clipping and an optimizer step per epoch."""
+        (+ KL to the adapter-disabled reference), gradients accumulated over micro-batches and steps, then an
+        optimizer step per epoch."""
         config, local = self.config, len(advantages)
         micro = config.train_micro_batch_size or local
         metrics: dict[str, list[tuple[float, float]]] = {}  # name -> (value, share of the batch) per micro-batch
@@ -300,15 +312,30 @@ class GRPOTrainer:
                         result, k, part, cond[part], None if uncond is None else uncond[part], advantages[part]
                     )
                     share = (part.stop - part.start) / local  # the loss is a mean over the micro-batch
-                    (loss * share / len(train_steps)).backward()
+                    self._backward(loss * share / len(train_steps))
                     for name, value in {"loss": loss, **step_metrics}.items():
                         metrics.setdefault(name, []).append((float(value.detach()), share))
-            self._all_reduce_gradients()
-            grad_norm = clip_grad_norm_(self.trainable, config.max_grad_norm)
-            self.optimizer.step()
+            grad_norm = self._optimizer_step()
             self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
         return metrics, grad_norm
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already scaled for accumulation
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Averages the accumulated gradients over processes, clips them at ``max_grad_norm``, steps the optimizer
+        and clears them; returns their norm before clipping."""
+        if self.engine is not None:
+            self.engine.step()
+            return torch.as_tensor(self.engine.get_global_grad_norm())
+        self._all_reduce_gradients()
+        grad_norm = clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     def _step_loss(self, result, k: int, part: slice, cond, uncond, advantages: torch.Tensor):
         """The GRPO loss of denoising step ``k`` for the rollouts ``part``: the stored transition replayed under
@@ -317,12 +344,12 @@ class GRPOTrainer:
         x, x_next = result.states[k][part], result.states[k + 1][part]
         t = self.sigmas[k].expand(len(x)).to(x.device)
         sigma, sigma_next = self.sigmas[k], self.sigmas[k + 1]
-        with accelerator.autocast():
+        with self.autocast():
             velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
         step = sde_step(x, velocity, sigma, sigma_next, config.noise_level, prev_sample=x_next)
         kl = None
         if config.beta > 0:
-            with torch.no_grad(), policy.adapters_disabled(), accelerator.autocast():
+            with torch.no_grad(), policy.adapters_disabled(), self.autocast():
                 reference_velocity = guided_velocity(policy, x, t, cond, uncond, config.guidance_scale)
                 reference = sde_step(x, reference_velocity, sigma, sigma_next, config.noise_level, prev_sample=x_next)
             kl = gaussian_kl(step.mean, reference.mean, step.std)
@@ -362,7 +389,7 @@ class GRPOTrainer:
             noise = torch.stack([torch.randn(shape, generator=_seeded(config.seed, 4, i)) for i in sampled]).to(device)
             ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
             sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(device)
-            with accelerator.autocast():
+            with self.autocast():
                 result = rollout(policy, cond, noise, sigmas, ode, 0.0, None, uncond, config.guidance_scale)
             reshard(policy)
             if indices:
@@ -408,13 +435,21 @@ class GRPOTrainer:
         with torch.no_grad():
             for key, value in state.items():
                 params[key].copy_(shard_like(value.to(params[key].dtype), params[key]))
+        if self.engine is not None:
+            self.engine.optimizer.refresh_fp32_params()  # ZeRO steps its own float32 copy of its partition
+
+    def _optimizer_state_dict(self) -> dict:
+        """The optimizer's ``state_dict()``, whole and on the CPU, whatever the launch sharded."""
+        if self.engine is not None:
+            return full_optimizer_state(self.optimizer, self.trainable)
+        return full_state(self.optimizer.state_dict())
 
     def save_checkpoint(self) -> Path:
         """Writes ``checkpoint-<step>`` atomically (temporary folder, then rename): the trained weights as the
         policy saves them (Wan: the LoRA as diffusers does, the camera modules beside it) and the optimizer
         state, all whole, so a run resumes on any number of processes."""
         final = self.output_dir / f"checkpoint-{self.step}"
-        trained, optimizer = self.trained_state_dict(), full_state(self.optimizer.state_dict())
+        trained, optimizer = self.trained_state_dict(), self._optimizer_state_dict()
         if not self.accelerator.is_main_process:
             self.accelerator.wait_for_everyone()
             return final
@@ -436,7 +471,10 @@ class GRPOTrainer:
     def load_checkpoint(self, path: Path) -> None:
         self.load_trained_state_dict(self.policy.read_trained_weights(path))
         trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.optimizer))
+        if self.engine is not None:
+            load_full_optimizer_state(self.engine, self.optimizer, self.trainable, trainer_state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(shard_optimizer_state(trainer_state["optimizer"], self.optimizer))
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import torch
-from accelerate import Accelerator
 from trl import TrlParser
 
 from lyra_rl.reward import RewardSet
 from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+from lyra_rl.zero import make_accelerator
 from policies.loading import load_pretrained
 from policies.prompts import load_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
@@ -20,8 +20,7 @@ WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
 
 
 def main(config: GRPOConfig) -> list[dict[str, float]]:
-    # cpu=True makes a real gloo group on CPU; mixed_precision=None leaves accelerate's config in charge.
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(config.mixed_precision)
     policy = WanCameraPolicy.from_config(config.policy, config.seed, config.camera_layout, config.num_experts, config.expert)
     load_pretrained(policy, config.wan_model_path, config.dit_path, text_encoder=config.prompt_embeddings is None)
     if config.prompt_embeddings is not None:

@@ -38,10 +38,9 @@ def with_toy_decoder(policy):
 
 def make_trainer(output_dir, accelerator=None, **overrides):
     """A tiny-policy GRPO trainer with the toy decoder and the brightness reward."""
-    from accelerate import Accelerator
-
     from lyra_rl.reward import RewardSet
     from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+    from lyra_rl.zero import make_accelerator
     from policies.wan_camera import WanCameraPolicy
 
     settings = dict(output_dir=str(output_dir), rewards=[], learning_rate=1e-2, epsilon=0.2, beta=0.05,
@@ -49,7 +48,7 @@ def make_trainer(output_dir, accelerator=None, **overrides):
     config = GRPOConfig(**{**settings, **overrides})
     policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", config.seed, config.camera_layout))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = accelerator or Accelerator(cpu=True, mixed_precision=config.mixed_precision)
+    accelerator = accelerator or make_accelerator(config.mixed_precision)
     policy.place("cpu", torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32)
     return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator)
 
@@ -77,8 +76,11 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     policy, blocks = trainer.policy, trainer.policy.transformer.blocks
     local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks.parameters())
     held = local / sum(p.numel() for p in blocks.parameters())
+    moments = [t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()]  # (ZeRO: its partition)
+    local_moments = sum(t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in moments)
+    trained = sum(p.numel() for p in policy.trained_parameters().values())
     cond, _ = trainer._condition(trainer._conditions([0], held_out=True), 1)
-    with torch.no_grad():  # a gradient-free pass: does a sharded block stay gathered after it?
+    with torch.no_grad(), trainer.autocast():  # a gradient-free pass: does a sharded block stay gathered after it?
         policy.velocity(torch.randn(1, *policy.latent_shape(9, 32, 48)), torch.full((1,), 0.5), cond)
     gathered = not isinstance(blocks[0].attn1.to_q.base_layer.weight, DTensor)
     reshard(policy)
@@ -87,8 +89,13 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
             "num_processes": trainer.accelerator.num_processes,
             "sharded": trainer.sharded,
             "block_weights_held": held,
+            "optimizer_state_held": local_moments / (2 * trained),  # AdamW: two moments per trained element
+            "gradient_bucket": trainer.engine.optimizer.reduce_bucket_size / trained if trainer.engine else None,
             "gathered_after_no_grad_forward": gathered,
             "loss": [h["loss"] for h in history],
+            "first_ratio": [history[0]["ratio_min"], history[0]["ratio_max"]],
+            "trained_dtypes": sorted({str(p.dtype) for p in policy.trained_parameters().values()}),
+            "frozen_dtype": str(blocks[0].attn1.to_q.base_layer.weight.dtype),
             "reward": [h["reward/total"] for h in history],
             "advantages": trainer.last_advantages.tolist(),
             "eval": evaluation,

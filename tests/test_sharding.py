@@ -66,8 +66,7 @@ def test_fsdp_settings_come_from_the_accelerate_launch(monkeypatch):
         return types.SimpleNamespace(distributed_type=kind, state=types.SimpleNamespace(), num_processes=num_processes)
 
     assert fsdp_plugin(accelerator(2)) is None  # a plain DDP launch
-    with pytest.raises(ValueError, match="accelerate_zero2.yaml"):
-        fsdp_plugin(accelerator(2, DistributedType.DEEPSPEED))
+    assert fsdp_plugin(accelerator(2, DistributedType.DEEPSPEED)) is None  # DeepSpeed partitions instead (zero)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "2")
     monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "false")

@@ -84,12 +84,13 @@ def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
         assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]
 
 
-def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step: int, config_file: str | None = None) -> dict:
+def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step: int, config_file: str | None = None,
+                       mixed_precision: str = "no") -> dict:
     """Runs ``grpo_helpers.py`` under ``accelerate launch`` (2 steps, evaluation, checkpoint, resumed third step)."""
     script = Path(__file__).with_name("grpo_helpers.py")
     env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+              "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
     if config_file is not None:
         launch += ["--config_file", str(Path(__file__).parents[1] / "recipes" / "configs" / config_file)]
     elif num_processes > 1:
@@ -117,23 +118,32 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
     _, one = one_process_run
     two = launch_grpo_helper(tmp_path, 2, 1)
     assert two["num_processes"] == 2 and one["num_processes"] == 1 and not two["sharded"]
+    assert two["optimizer_state_held"] == one["optimizer_state_held"] == 1.0
     assert_same_run(two, one)
     for run in (one, two):  # resumed from the step-2 checkpoint: the same weights after step 3
         assert run["resumed_weight_diff"] < 1e-7
 
 
-@pytest.mark.parametrize("config_file, gathered", [("accelerate_fsdp.yaml", False), ("accelerate_zero2.yaml", True)])
-def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file, gathered):
-    """The shipped FSDP configs shard each block over a 2-process CPU group: the same numbers as one process,
-    whole checkpoints (weights and optimizer state) that equal the one-process run's, and a resumed run
-    that continues alike."""
+@pytest.mark.parametrize("config_file, block_weights_held, gathered", [
+    ("accelerate_fsdp.yaml", 0.5, False), ("accelerate_fsdp_grad_op.yaml", 0.5, True),
+    ("accelerate_deepspeed_zero2.yaml", 1.0, True),
+])
+def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_file, block_weights_held, gathered):
+    """The shipped sharding configs on a 2-process CPU group: each process holds half of the optimizer state
+    (FSDP shards each block's weights too, DeepSpeed ZeRO-2 the trained weights' state only), the same
+    numbers as one process, whole checkpoints (weights and optimizer state) that equal the one-process
+    run's, and a resumed run that continues alike."""
     import torch
     from safetensors.torch import load_file
 
     one_dir, one = one_process_run
     sharded = launch_grpo_helper(tmp_path, 2, 1, config_file)
-    assert sharded["sharded"] and sharded["block_weights_held"] == pytest.approx(0.5, abs=0.01)
-    assert sharded["gathered_after_no_grad_forward"] is gathered  # reshard_after_forward from the config
+    assert sharded["num_processes"] == 2
+    assert sharded["block_weights_held"] == pytest.approx(block_weights_held, abs=0.01)
+    assert sharded["optimizer_state_held"] == pytest.approx(0.5, abs=0.01)
+    assert sharded["gathered_after_no_grad_forward"] is gathered  # FSDP: reshard_after_forward from the config
+    if "deepspeed" in config_file:  # gradient buckets of the trained weights' size, not DeepSpeed's 5e8 elements
+        assert sharded["gradient_bucket"] == 1.0
     assert_same_run(sharded, one)
     assert sharded["resumed_weight_diff"] < 1e-7
     saved, reference = ({**load_file(d / "checkpoint-2" / "pytorch_lora_weights.safetensors"),
@@ -144,9 +154,19 @@ def test_sharded_blocks_match_one_process(tmp_path, one_process_run, config_file
     states = [torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=False)["optimizer"]["state"] for d in (tmp_path, one_dir)]
     assert states[0].keys() == states[1].keys()
     for index in states[0]:
+        assert float(states[0][index]["step"]) == float(states[1][index]["step"]) == 2
         for name in ("exp_avg", "exp_avg_sq"):
             got, want = states[0][index][name], states[1][index][name]
             torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3 * float(want.abs().max()))  # scale-aware
+
+
+def test_deepspeed_config_as_shipped_trains_bf16_with_float32_lora(tmp_path):
+    """The DeepSpeed config with its bf16: DeepSpeed's own bf16 mode, which would cast the LoRA too, is off;
+    the frozen weights run in bf16 under the trainer's autocast, the trained ones stay float32."""
+    run = launch_grpo_helper(tmp_path, 1, 2, "accelerate_deepspeed_zero2.yaml", mixed_precision="bf16")
+    assert run["frozen_dtype"] == "torch.bfloat16" and run["trained_dtypes"] == ["torch.float32"]
+    assert run["first_ratio"] == [1.0, 1.0] and all(math.isfinite(loss) for loss in run["loss"])
+    assert run["resumed_weight_diff"] < 1e-7
 
 
 def test_training_on_a_folder_of_images(tmp_path):

@@ -1,0 +1,119 @@
+"""DeepSpeed ZeRO-1/2 for the trained weights, when accelerate launches with DeepSpeed
+(``recipes/configs/accelerate_deepspeed_zero2.yaml`` or ``--use_deepspeed --zero_stage 2``).
+
+The GRPO trainer keeps its own loop (rollouts per process, advantages over the gathered group). Under a
+DeepSpeed launch its trained weights (LoRA, trained camera modules) are handed to a DeepSpeed engine, which
+partitions their gradients (stage 2) and AdamW state (stages 1 and 2) over the processes, reduces the
+gradients, clips them at the trainer's ``max_grad_norm`` and steps; the frozen base model stays whole on
+every process (to shard it too, launch with FSDP: ``accelerate_fsdp.yaml``). The trainer's micro-batches
+and trained timesteps are the gradient accumulation, with DeepSpeed's unmanaged accumulation: every
+``backward`` accumulates, every engine ``step`` is a boundary.
+
+The policy keeps its own precision (frozen weights in bf16, trained ones in float32, forward passes under
+autocast), so DeepSpeed's bf16 and fp16 modes, which would cast the trained weights too, are switched off.
+Checkpoints keep the trainer's format: the AdamW state is gathered whole and per parameter, as torch's
+``AdamW.state_dict()`` holds it, so a run resumes under any launch and number of processes.
+
+On a machine without CUDA, ``Accelerator(cpu=True)`` silently turns a DeepSpeed launch into DDP, and without
+it accelerate counts one process while DeepSpeed counts them all: :func:`make_accelerator` names the gloo
+backend instead, so the same config file runs a CPU group, which is how the tests check it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+from torch import nn
+
+
+def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
+    """The launch's ``Accelerator``: a gloo process group on a machine without CUDA (see the module's notes);
+    ``mixed_precision=None`` leaves accelerate's config in charge."""
+    if torch.cuda.is_available():
+        return Accelerator(mixed_precision=mixed_precision)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    return Accelerator(cpu=True, mixed_precision=mixed_precision)
+
+
+def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
+                max_grad_norm: float, samples_per_process: int):
+    """A DeepSpeed engine over the trained weights ``params`` (whole on every process) and ``optimizer`` (a
+    torch optimizer over them, which keeps the learning rate its scheduler sets), from accelerate's
+    DeepSpeed settings; the trainer sets clipping, accumulation and batch size. Raises ``ValueError`` for
+    settings it does not implement."""
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    zero = config.get("zero_optimization", {})
+    if zero.get("stage") not in (1, 2):
+        raise ValueError(f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use stage 1 or 2 (the trained "
+                         "weights' optimizer state and gradients); to shard the frozen weights, launch with FSDP "
+                         "(recipes/configs/accelerate_fsdp.yaml)")
+    if zero.get("offload_optimizer", {}).get("device", "none") != "none":
+        raise ValueError("DeepSpeed optimizer offload is not supported: the trained weights are LoRA-sized")
+    if str(config.get("fp16", {}).get("enabled", False)).lower() == "true":
+        raise ValueError("fp16 is not supported (no loss scaling): use mixed_precision bf16 or no")
+    if zero.get("reduce_bucket_size", "auto") == "auto":
+        # DeepSpeed's default, 5e8 elements, would make each gradient bucket (two with overlap_comm) 2 GB in float32
+        zero["reduce_bucket_size"] = sum(p.numel() for p in params)
+    config.update({
+        "gradient_clipping": max_grad_norm,
+        "train_micro_batch_size_per_gpu": samples_per_process,
+        "gradient_accumulation_steps": 1,
+        "managed_gradient_accumulation": False,
+    })
+    precision = {key: config[key] for key in ("bf16", "fp16") if key in config}
+    config.update({"bf16": {"enabled": False}, "fp16": {"enabled": False}})  # the policy's own (module notes)
+    try:
+        engine, _ = accelerator.prepare(nn.ParameterList(params), optimizer)
+    finally:  # accelerate reads the launch's mixed precision from there (``accelerator.mixed_precision``)
+        config.update(precision)
+    return engine
+
+
+def _flat_partition(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The one flat fp32 partition this process steps (ZeRO puts each parameter group's into ``params``)."""
+    (group,) = optimizer.param_groups
+    (flat,) = group["params"]
+    return flat
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> dict:
+    """The state of ``optimizer`` (the torch optimizer handed to :func:`zero_engine`) over ``params``, whole
+    and on the CPU, as its ``state_dict()`` holds it without ZeRO: per-element tensors (AdamW's moments)
+    gathered per parameter, scalars (its step) shared (a collective: every process must call it)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    (group,) = optimizer.param_groups
+    flat_state = optimizer.state.get(_flat_partition(optimizer), {})
+    state = {
+        index: {key: value.clone().cpu() if value.dim() == 0 else safe_get_full_optimizer_state(param, key).cpu()
+                for key, value in flat_state.items()}
+        for index, param in enumerate(params)
+    } if flat_state else {}
+    hyperparameters = {key: value for key, value in group.items() if key != "params"}
+    return {"state": state, "param_groups": [{**hyperparameters, "params": list(range(len(params)))}]}
+
+
+def load_full_optimizer_state(engine, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], state: dict) -> None:
+    """Loads what :func:`full_optimizer_state` (or a torch optimizer's ``state_dict()`` over ``params`` in one
+    parameter group) returned into ``optimizer``, each process taking its partition (a collective)."""
+    from deepspeed.utils import safe_set_full_optimizer_state
+
+    (saved_group,) = state["param_groups"]
+    (group,) = optimizer.param_groups
+    group.update({key: value for key, value in saved_group.items() if key != "params"})
+    if not state["state"]:
+        return
+    flat = _flat_partition(optimizer)
+    per_param = [state["state"][index] for index in range(len(params))]
+    if flat not in optimizer.state:  # not stepped yet: create the state ZeRO's first step would, and link it
+        optimizer.state[flat] = {key: torch.zeros_like(flat) for key, value in per_param[0].items() if value.dim()}
+        engine.optimizer._lazy_init_hp_params_optimizer_state()
+    optimizer.state[flat].update({key: value.clone() for key, value in per_param[0].items() if not value.dim()})
+    for param, values in zip(params, per_param):
+        for key, value in values.items():
+            if value.dim():
+                safe_set_full_optimizer_state(param, value.to(flat.device), key)
