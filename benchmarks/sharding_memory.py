@@ -89,7 +89,7 @@ def worker(num_layers: int, repeats: int) -> None:
     text_dim = policy.transformer.config.text_dim
     policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim) for p in procedural_prompts()})
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = make_accelerator("no")
+    accelerator = make_accelerator("no", cpu=True)
     policy.place(accelerator.device)
     trainer = GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
     trainer.train_step()  # warm-up: the optimizer state exists from here on
@@ -116,7 +116,8 @@ def launch(config_file: str | None, num_layers: int, repeats: int) -> dict:
                "--mixed_precision", "no", "--dynamo_backend", "no"]
     command += ["--config_file", str(ROOT / "recipes" / "configs" / config_file)] if config_file else ["--multi_gpu"]
     command += [__file__, "--worker", "--num-layers", str(num_layers), "--repeats", str(repeats)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}  # CPU processes: resident memory is what is sampled
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])

@@ -21,7 +21,9 @@ backend instead, so the same config file runs a CPU group, which is how the test
 
 from __future__ import annotations
 
+import copy
 import os
+from importlib.metadata import version
 
 import torch
 from accelerate import Accelerator
@@ -29,10 +31,11 @@ from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 
 
-def make_accelerator(mixed_precision: str | None = None) -> Accelerator:
-    """The launch's ``Accelerator``: a gloo process group on a machine without CUDA (see the module's notes);
+def make_accelerator(mixed_precision: str | None = None, cpu: bool = False) -> Accelerator:
+    """The launch's ``Accelerator``: a gloo process group on a machine without CUDA, or with ``cpu`` (see the
+    module's notes; a DeepSpeed launch on the CPU of a CUDA machine also needs ``CUDA_VISIBLE_DEVICES=``);
     ``mixed_precision=None`` leaves accelerate's config in charge."""
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not cpu:
         return Accelerator(mixed_precision=mixed_precision)
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
@@ -44,8 +47,9 @@ def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer:
     """A DeepSpeed engine over the trained weights ``params`` (whole on every process) and ``optimizer`` (a
     torch optimizer over them, which keeps the learning rate its scheduler sets), from accelerate's
     DeepSpeed settings; the trainer sets clipping, accumulation and batch size. Raises ``ValueError`` for
-    settings it does not implement."""
+    settings it does not implement. accelerate's copy of the settings is left as the launch gave it."""
     config = accelerator.state.deepspeed_plugin.deepspeed_config
+    launched = copy.deepcopy(config)
     zero = config.get("zero_optimization", {})
     if zero.get("stage") not in (1, 2):
         raise ValueError(f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use stage 1 or 2 (the trained "
@@ -62,14 +66,18 @@ def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer:
         "gradient_clipping": max_grad_norm,
         "train_micro_batch_size_per_gpu": samples_per_process,
         "gradient_accumulation_steps": 1,
+        "train_batch_size": samples_per_process * accelerator.num_processes,
         "managed_gradient_accumulation": False,
+        "bf16": {"enabled": False}, "fp16": {"enabled": False},  # the policy's own precision (module notes)
     })
-    precision = {key: config[key] for key in ("bf16", "fp16") if key in config}
-    config.update({"bf16": {"enabled": False}, "fp16": {"enabled": False}})  # the policy's own (module notes)
     try:
         engine, _ = accelerator.prepare(nn.ParameterList(params), optimizer)
     finally:  # accelerate reads the launch's mixed precision from there (``accelerator.mixed_precision``)
-        config.update(precision)
+        config.clear()
+        config.update(launched)
+    if engine.managed_gradient_accumulation():
+        raise RuntimeError(f"deepspeed {version('deepspeed')} manages gradient accumulation itself: lyra-rl needs a "
+                           "version with managed_gradient_accumulation (pip install -e '.[deepspeed]')")
     return engine
 
 

@@ -48,7 +48,7 @@ def make_trainer(output_dir, accelerator=None, **overrides):
     config = GRPOConfig(**{**settings, **overrides})
     policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", config.seed, config.camera_layout))
     policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = accelerator or make_accelerator(config.mixed_precision)
+    accelerator = accelerator or make_accelerator(config.mixed_precision, cpu=True)
     policy.place("cpu", torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32)
     return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator)
 
@@ -63,7 +63,8 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
 
     conditions_per_step, output_dir = int(sys.argv[1]), sys.argv[2]
     # one held-out condition: the second process has no share of it (sharded, it must join the forward passes)
-    settings = dict(conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1)
+    settings = dict(conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1,
+                    max_grad_norm=1e-3)  # the gradient norms are ~5e-3: every step clips (Adam's first moment shows it)
     trainer = make_trainer(output_dir, **settings)
     history = [trainer.train_step() for _ in range(2)]
     evaluation = trainer.evaluate()
@@ -90,9 +91,11 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
             "sharded": trainer.sharded,
             "block_weights_held": held,
             "optimizer_state_held": local_moments / (2 * trained),  # AdamW: two moments per trained element
+            "zero_stage": trainer.engine.zero_optimization_stage() if trainer.engine else None,
             "gradient_bucket": trainer.engine.optimizer.reduce_bucket_size / trained if trainer.engine else None,
             "gathered_after_no_grad_forward": gathered,
             "loss": [h["loss"] for h in history],
+            "grad_norm": [h["grad_norm"] for h in history],
             "first_ratio": [history[0]["ratio_min"], history[0]["ratio_max"]],
             "trained_dtypes": sorted({str(p.dtype) for p in policy.trained_parameters().values()}),
             "frozen_dtype": str(blocks[0].attn1.to_q.base_layer.weight.dtype),

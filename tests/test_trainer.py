@@ -85,12 +85,13 @@ def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
 
 
 def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step: int, config_file: str | None = None,
-                       mixed_precision: str = "no") -> dict:
-    """Runs ``grpo_helpers.py`` under ``accelerate launch`` (2 steps, evaluation, checkpoint, resumed third step)."""
+                       mixed_precision: str = "no", launch_args: tuple[str, ...] = ()) -> dict:
+    """Runs ``grpo_helpers.py`` under ``accelerate launch`` on CPU processes (2 steps, evaluation, checkpoint,
+    resumed third step)."""
     script = Path(__file__).with_name("grpo_helpers.py")
-    env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-              "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+              "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *launch_args]
     if config_file is not None:
         launch += ["--config_file", str(Path(__file__).parents[1] / "recipes" / "configs" / config_file)]
     elif num_processes > 1:
@@ -110,6 +111,7 @@ def one_process_run(tmp_path_factory):
 def assert_same_run(other: dict, one: dict) -> None:
     assert other["advantages"] == pytest.approx(one["advantages"], abs=1e-4)  # float32 GEMMs of other batch sizes
     assert other["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert other["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-3)  # before clipping (at 1e-3: it clips)
     assert other["reward"] == pytest.approx(one["reward"], abs=1e-5)
     assert other["eval"] == pytest.approx(one["eval"], abs=1e-5)
 
@@ -124,25 +126,29 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
         assert run["resumed_weight_diff"] < 1e-7
 
 
-@pytest.mark.parametrize("config_file, block_weights_held, gathered", [
-    ("accelerate_fsdp.yaml", 0.5, False), ("accelerate_fsdp_grad_op.yaml", 0.5, True),
-    ("accelerate_deepspeed_zero2.yaml", 1.0, True),
+@pytest.mark.parametrize("config_file, launch_args, block_weights_held, gathered, zero_stage", [
+    pytest.param("accelerate_fsdp.yaml", (), 0.5, False, None, id="fsdp"),
+    pytest.param("accelerate_fsdp_grad_op.yaml", (), 0.5, True, None, id="fsdp-grad-op"),
+    pytest.param("accelerate_deepspeed_zero2.yaml", (), 1.0, None, 2, id="deepspeed-zero2"),
+    pytest.param("accelerate_deepspeed_zero2.yaml", ("--zero_stage", "1"), 1.0, None, 1, id="deepspeed-zero1"),
 ])
-def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_file, block_weights_held, gathered):
+def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_file, launch_args, block_weights_held,
+                                              gathered, zero_stage):
     """The shipped sharding configs on a 2-process CPU group: each process holds half of the optimizer state
-    (FSDP shards each block's weights too, DeepSpeed ZeRO-2 the trained weights' state only), the same
+    (FSDP shards each block's weights too, DeepSpeed ZeRO the trained weights' state only), the same
     numbers as one process, whole checkpoints (weights and optimizer state) that equal the one-process
     run's, and a resumed run that continues alike."""
     import torch
     from safetensors.torch import load_file
 
     one_dir, one = one_process_run
-    sharded = launch_grpo_helper(tmp_path, 2, 1, config_file)
-    assert sharded["num_processes"] == 2
+    sharded = launch_grpo_helper(tmp_path, 2, 1, config_file, launch_args=launch_args)
+    assert sharded["num_processes"] == 2 and sharded["zero_stage"] == zero_stage
     assert sharded["block_weights_held"] == pytest.approx(block_weights_held, abs=0.01)
     assert sharded["optimizer_state_held"] == pytest.approx(0.5, abs=0.01)
-    assert sharded["gathered_after_no_grad_forward"] is gathered  # FSDP: reshard_after_forward from the config
-    if "deepspeed" in config_file:  # gradient buckets of the trained weights' size, not DeepSpeed's 5e8 elements
+    if zero_stage is None:
+        assert sharded["gathered_after_no_grad_forward"] is gathered  # reshard_after_forward from the config
+    else:  # gradient buckets of the trained weights' size, not DeepSpeed's 5e8 elements
         assert sharded["gradient_bucket"] == 1.0
     assert_same_run(sharded, one)
     assert sharded["resumed_weight_diff"] < 1e-7
@@ -164,6 +170,7 @@ def test_deepspeed_config_as_shipped_trains_bf16_with_float32_lora(tmp_path):
     """The DeepSpeed config with its bf16: DeepSpeed's own bf16 mode, which would cast the LoRA too, is off;
     the frozen weights run in bf16 under the trainer's autocast, the trained ones stay float32."""
     run = launch_grpo_helper(tmp_path, 1, 2, "accelerate_deepspeed_zero2.yaml", mixed_precision="bf16")
+    assert run["zero_stage"] == 2
     assert run["frozen_dtype"] == "torch.bfloat16" and run["trained_dtypes"] == ["torch.float32"]
     assert run["first_ratio"] == [1.0, 1.0] and all(math.isfinite(loss) for loss in run["loss"])
     assert run["resumed_weight_diff"] < 1e-7
