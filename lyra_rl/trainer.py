@@ -156,6 +156,17 @@ def timed_phase(name: str, timings: dict[str, float]) -> Iterator[None]:
     timings[f"time/{name}"] = time.perf_counter() - start
 
 
+def _numpy_rng_state() -> tuple:
+    """numpy's global RNG state with plain ints for its key, so that checkpoints load with ``weights_only=True``."""
+    name, key, *rest = np.random.get_state()
+    return (name, key.tolist(), *rest)
+
+
+def _set_numpy_rng_state(state: tuple) -> None:
+    name, key, *rest = state
+    np.random.set_state((name, np.array(key, dtype=np.uint32), *rest))
+
+
 def _seeded(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(hash(key) % (2**63))
 
@@ -460,7 +471,7 @@ class GRPOTrainer:
         torch.save({
             "optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(),
             "step": self.step, "history": self.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
             "config": asdict(self.config),
         }, tmp / "trainer_state.pt")
         shutil.rmtree(final, ignore_errors=True)
@@ -470,7 +481,7 @@ class GRPOTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         self.load_trained_state_dict(self.policy.read_trained_weights(path))
-        trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         if self.engine is not None:
             load_full_optimizer_state(self.engine, self.optimizer, self.trainable, trainer_state["optimizer"])
         else:
@@ -478,7 +489,7 @@ class GRPOTrainer:
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
         torch.set_rng_state(trainer_state["rng"]["torch"])
-        np.random.set_state(trainer_state["rng"]["numpy"])
+        _set_numpy_rng_state(trainer_state["rng"]["numpy"])
         random.setstate(trainer_state["rng"]["python"])
 
     def train(self) -> list[dict[str, float]]:

@@ -68,3 +68,17 @@ def test_grpo_configs_parse(name):
 
     config = GRPOConfig(**yaml.safe_load((ROOT / "recipes" / "configs" / f"{name}.yaml").read_text()))  # validates sizes
     assert config.policy in TRANSFORMER_CONFIGS and config.camera_layout in CAMERA_LAYOUTS
+
+
+def test_grpo_config_from_yaml_with_command_line_overrides():
+    from trl import TrlParser
+
+    from lyra_rl.trainer import GRPOConfig
+
+    yaml_file = str(ROOT / "recipes" / "configs" / "grpo_tiny.yaml")
+    (config,) = TrlParser((GRPOConfig,)).parse_args_and_config(
+        args=["--config", yaml_file, "--max_steps", "3", "--rewards", "pose_consistency", "--reward_weights", "0.5"])
+    assert (config.height, config.num_generations, config.epsilon) == (64, 4, 0.001)  # from the yaml
+    assert config.max_steps == 3 and config.rewards == ["pose_consistency"] and config.reward_weights == [0.5]
+    with pytest.raises(ValueError, match="num_frames"):  # the config's own checks run on the parsed values
+        TrlParser((GRPOConfig,)).parse_args_and_config(args=["--config", yaml_file, "--num_frames", "16"])

@@ -34,6 +34,17 @@ def test_zero_advantages_leave_the_policy_unchanged(tmp_path):
     assert all(torch.equal(before[key], after[key]) for key in before)
 
 
+def test_a_group_shares_its_initial_noise_and_nothing_else(tmp_path):
+    trainer = make_trainer(tmp_path)  # 2 conditions, groups of 4, 4 sampling steps
+    initial, step_noise = trainer._noise(torch.tensor([0, 1]), (4, 2, 4, 6))
+    groups = initial.view(2, 4, -1)
+    assert all(torch.equal(group[0], group[k]) for group in groups for k in range(1, 4))
+    assert not torch.equal(groups[0, 0], groups[1, 0])
+    assert step_noise.shape == (4, 8, 4, 2, 4, 6)
+    per_sample = step_noise.transpose(0, 1).reshape(8, -1)
+    assert all(not torch.equal(per_sample[i], per_sample[j]) for i in range(8) for j in range(i))
+
+
 def test_second_inner_epoch_moves_the_ratio(tmp_path):
     trainer = make_trainer(tmp_path, num_iterations=2, max_steps=2, lr_scheduler_type="linear")
     logged = trainer.train_step()
@@ -56,8 +67,12 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     while interrupted.step < 2:  # a run stopped after its step-2 checkpoint
         interrupted.train_step()
     interrupted.save_checkpoint()
-    (tmp_path / "resumed" / ".tmp-checkpoint-3").mkdir()  # a crash mid-save must be ignored
-    resumed = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True, **schedule).train()
+    (tmp_path / "resumed" / "checkpoint-3").mkdir()  # incomplete (no training state): must be ignored
+    resuming = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True, **schedule)
+    steps_run, train_step = [], resuming.train_step
+    resuming.train_step = lambda: steps_run.append(resuming.step + 1) or train_step()
+    resumed = resuming.train()
+    assert steps_run == [3, 4]  # continued from checkpoint-2
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-4"
     for a, b in zip(full, resumed):
         assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
@@ -70,6 +85,15 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     sample, _ = read_video(run / "samples" / "step-4-0.mp4")
     assert sample.shape[-1] == sample.shape[-2] + 48 * sample.shape[-2] // 32  # the frame, then the camera path panel
     assert [h["step"] for h in full if "eval/reward/total" in h] == [2, 4]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logs = EventAccumulator(str(run / "logs")).Reload()
+    scalars = set(logs.Tags()["scalars"])
+    assert {"reward/total", "reward/brightness", "eval/reward/brightness", "loss", "policy_loss", "kl", "clip_fraction",
+            "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "learning_rate", *(f"time/{phase}" for phase in
+            ("conditions", "rollout", "decode", "reward", "update"))} <= scalars
+    assert [event.step for event in logs.Scalars("reward/total")] == [1, 2, 3, 4]
+    assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
 
 
 def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
@@ -94,8 +118,6 @@ def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step
               "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *launch_args]
     if config_file is not None:
         launch += ["--config_file", str(Path(__file__).parents[1] / "recipes" / "configs" / config_file)]
-    elif num_processes > 1:
-        launch.append("--multi_gpu")
     command = [*launch, str(script), str(conditions_per_step), str(output_dir)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -118,7 +140,7 @@ def assert_same_run(other: dict, one: dict) -> None:
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, one_process_run):
     _, one = one_process_run
-    two = launch_grpo_helper(tmp_path, 2, 1)
+    two = launch_grpo_helper(tmp_path, 2, 1, "accelerate_ddp.yaml")
     assert two["num_processes"] == 2 and one["num_processes"] == 1 and not two["sharded"]
     assert two["optimizer_state_held"] == one["optimizer_state_held"] == 1.0
     assert_same_run(two, one)
@@ -157,7 +179,7 @@ def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_
     assert saved.keys() == reference.keys()
     for key in saved:
         torch.testing.assert_close(saved[key], reference[key], rtol=1e-2, atol=1e-4)  # Adam at lr 1e-2 amplifies GEMM noise
-    states = [torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=False)["optimizer"]["state"] for d in (tmp_path, one_dir)]
+    states = [torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=True)["optimizer"]["state"] for d in (tmp_path, one_dir)]
     assert states[0].keys() == states[1].keys()
     for index in states[0]:
         assert float(states[0][index]["step"]) == float(states[1][index]["step"]) == 2
