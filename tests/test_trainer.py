@@ -14,10 +14,14 @@ from lyra_rl.video import read_video
 
 
 def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=8, save_steps=100)
+    """Against a run that does not learn (learning rate 0) on the same conditions and noise, the brightness
+    reward pulls ahead step by step (measured: +0.024 by step 4, +0.079 by step 8)."""
+    trainer = make_trainer(tmp_path / "trained", max_steps=8, save_steps=100)
+    frozen = make_trainer(tmp_path / "frozen", max_steps=8, save_steps=100, learning_rate=0.0)
     history = [trainer.train_step() for _ in range(8)]
-    rewards = [h["reward/total"] for h in history]
-    assert rewards[-1] > rewards[0] + 0.02, rewards
+    control = [frozen.train_step()["reward/total"] for _ in range(8)]
+    gains = [h["reward/total"] - c for h, c in zip(history, control)]
+    assert gains[0] == 0.0 and 0.01 < gains[3] < gains[-1] and gains[-1] > 0.05, gains
     assert all(h["ratio_min"] == h["ratio_max"] == 1.0 for h in history)  # first inner epoch: same weights, same noise
     assert max(h["kl"] for h in history) < 0.05
 
@@ -94,6 +98,29 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
             ("conditions", "rollout", "decode", "reward", "update"))} <= scalars
     assert [event.step for event in logs.Scalars("reward/total")] == [1, 2, 3, 4]
     assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
+
+
+def test_samples_draw_the_camera_path_the_video_took(tmp_path, monkeypatch):
+    """With a reward that estimates cameras in the set (pose_consistency), a sample's panel draws the path
+    estimated from its frames beside the commanded one: here a video rendered along another path."""
+    from lyra_rl import trainer as trainer_module
+    from lyra_rl.camera import Cameras, default_intrinsics, trajectory_errors, trajectory_preset
+    from lyra_rl.data.scenes import make_scene, render
+    from lyra_rl.reward import RewardSet
+    from rewards.pose import PoseConsistencyReward
+
+    trainer = make_trainer(tmp_path)
+    trainer.reward_set = RewardSet([PoseConsistencyReward()])
+    K = default_intrinsics(64, 96)
+    video = render(make_scene(7), trajectory_preset("forward_right", 12), K, 64, 96).frames
+    commanded = Cameras.from_trajectory(trajectory_preset("forward_left", 12), K)
+    drawn, draw = {}, trainer_module.camera_path_video
+    monkeypatch.setattr(trainer_module, "camera_path_video", lambda video, paths: drawn.update(paths) or draw(video, paths))
+    trainer.write_sample(tmp_path / "sample.mp4", video, commanded)
+    assert set(drawn) == {"commanded", "estimated"} and (tmp_path / "sample.mp4").is_file()
+    taken = trajectory_preset("forward_right", 12)
+    assert trajectory_errors(drawn["estimated"], taken).rot_err_deg < 5.0
+    assert trajectory_errors(drawn["estimated"], commanded.cam_from_world[0]).rot_err_deg > 15.0
 
 
 def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):

@@ -88,18 +88,20 @@ def test_original_key_names_round_trip_through_the_converter(source):
             "head.modulation", "blocks.0.modulation", "blocks.0.norm3.weight", "time_projection.1.weight"} <= keys
 
 
-def test_diffusers_folder_then_dit_path_reproduces_the_policy(source, tmp_path):
+@pytest.mark.parametrize("dit_file", ["astra.ckpt", "astra.safetensors"])
+def test_diffusers_folder_then_dit_path_reproduces_the_policy(source, tmp_path, dit_file):
     (tmp_path / "wan" / "transformer").mkdir(parents=True)
     (tmp_path / "wan" / "vae").mkdir()
     save_file(base_state(source), tmp_path / "wan" / "transformer" / "diffusion_pytorch_model.safetensors")
     save_file(source.vae.state_dict(), tmp_path / "wan" / "vae" / "diffusion_pytorch_model.safetensors")
-    torch.save(original_keys(source.transformer.state_dict()), tmp_path / "astra.ckpt")  # DiffSynth names + camera
+    fine_tuned = original_keys(source.transformer.state_dict())  # DiffSynth names + camera modules
+    (torch.save if dit_file.endswith(".ckpt") else save_file)(fine_tuned, tmp_path / dit_file)
     target = WanCameraPolicy.from_config("tiny", seed=2)
     source.encode_prompts(["a room"])
     target._text_cache = dict(source._text_cache)  # the text encoder is not part of these checkpoints
     load_pretrained(target, tmp_path / "wan")
     v_base, _ = velocity(target)
-    load_pretrained(target, dit_path=tmp_path / "astra.ckpt")
+    load_pretrained(target, dit_path=tmp_path / dit_file)
     (v_target, video_target), (v_source, video_source) = velocity(target), velocity(source)
     torch.testing.assert_close(v_target, v_source)
     torch.testing.assert_close(video_target, video_source)

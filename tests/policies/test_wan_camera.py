@@ -43,6 +43,24 @@ def test_velocity_follows_the_camera_once_trained(policy):
     assert (policy.velocity(latents, t, cond) - policy.velocity(latents, t, other)).abs().max() > 1e-3
 
 
+def test_recammaster_puts_the_image_first_in_the_sequence_at_timestep_0(policy, monkeypatch):
+    latents, t, cond = inputs(policy)
+    seen, forward = {}, policy.dit.forward
+
+    def spy(full, timestep, *rest):
+        seen.update(full=full, timestep=timestep)
+        return forward(full, timestep, *rest)
+
+    monkeypatch.setattr(policy.dit, "forward", spy)
+    v = policy.velocity(latents, t, cond)
+    assert torch.equal(seen["full"][:, :, :1], cond.image_latents) and torch.equal(seen["full"][:, :, 1:], latents)
+    per_frame = seen["timestep"].view(2, 1 + latents.shape[2], -1)  # (B, frames, tokens per frame)
+    assert (per_frame[:, 0] == 0).all() and (per_frame[:, 1:] == (t * 1000)[:, None, None]).all()
+    torch.manual_seed(5)
+    other_image = policy.condition(torch.rand(2, 3, 32, 48), ["a room", "a garden"], make_cameras())
+    assert (policy.velocity(latents, t, other_image) - v).abs().max() > 1e-4
+
+
 def test_lora_starts_as_identity_and_reference_disables_it(policy):
     latents, t, cond = inputs(policy)
     before = policy.velocity(latents, t, cond)
