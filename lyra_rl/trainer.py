@@ -480,8 +480,10 @@ class GRPOTrainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        self.load_trained_state_dict(self.policy.read_trained_weights(path))
+        """Continues from what :meth:`save_checkpoint` wrote: weights, optimizer and schedule, step, history, RNGs."""
+        # the training state first: a file that does not load leaves the weights as they were
         trainer_state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+        self.load_trained_state_dict(self.policy.read_trained_weights(path))
         if self.engine is not None:
             load_full_optimizer_state(self.engine, self.optimizer, self.trainable, trainer_state["optimizer"])
         else:

@@ -15,13 +15,14 @@ from lyra_rl.video import read_video
 
 def test_grpo_raises_the_reward_with_bounded_kl(tmp_path):
     """Against a run that does not learn (learning rate 0) on the same conditions and noise, the brightness
-    reward pulls ahead step by step (measured: +0.024 by step 4, +0.079 by step 8)."""
+    reward pulls ahead step by step (measured with seed 0: +0.024 by step 4, +0.079 by step 8; seeds 1-5:
+    +0.006 to +0.025 and +0.026 to +0.075)."""
     trainer = make_trainer(tmp_path / "trained", max_steps=8, save_steps=100)
     frozen = make_trainer(tmp_path / "frozen", max_steps=8, save_steps=100, learning_rate=0.0)
     history = [trainer.train_step() for _ in range(8)]
     control = [frozen.train_step()["reward/total"] for _ in range(8)]
     gains = [h["reward/total"] - c for h, c in zip(history, control)]
-    assert gains[0] == 0.0 and 0.01 < gains[3] < gains[-1] and gains[-1] > 0.05, gains
+    assert gains[0] == 0.0 and 0.005 < gains[3] < gains[-1] and gains[-1] > 0.02, gains
     assert all(h["ratio_min"] == h["ratio_max"] == 1.0 for h in history)  # first inner epoch: same weights, same noise
     assert max(h["kl"] for h in history) < 0.05
 
@@ -121,6 +122,20 @@ def test_samples_draw_the_camera_path_the_video_took(tmp_path, monkeypatch):
     taken = trajectory_preset("forward_right", 12)
     assert trajectory_errors(drawn["estimated"], taken).rot_err_deg < 5.0
     assert trajectory_errors(drawn["estimated"], commanded.cam_from_world[0]).rot_err_deg > 15.0
+
+
+def test_checkpoint_restores_the_random_number_generators(tmp_path):
+    import random
+
+    import numpy as np
+
+    trainer = make_trainer(tmp_path)
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    checkpoint = trainer.save_checkpoint()
+    draws = torch.rand(3), np.random.rand(3), random.random()
+    trainer.load_checkpoint(checkpoint)
+    again = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
 
 
 def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):

@@ -48,12 +48,13 @@ def test_recammaster_puts_the_image_first_in_the_sequence_at_timestep_0(policy, 
     seen, forward = {}, policy.dit.forward
 
     def spy(full, timestep, *rest):
-        seen.update(full=full, timestep=timestep)
-        return forward(full, timestep, *rest)
+        seen.update(full=full, timestep=timestep, out=forward(full, timestep, *rest))
+        return seen["out"]
 
     monkeypatch.setattr(policy.dit, "forward", spy)
     v = policy.velocity(latents, t, cond)
     assert torch.equal(seen["full"][:, :, :1], cond.image_latents) and torch.equal(seen["full"][:, :, 1:], latents)
+    assert torch.equal(v, seen["out"][:, :, 1:])  # the generated frames' velocity, not the image's
     per_frame = seen["timestep"].view(2, 1 + latents.shape[2], -1)  # (B, frames, tokens per frame)
     assert (per_frame[:, 0] == 0).all() and (per_frame[:, 1:] == (t * 1000)[:, None, None]).all()
     torch.manual_seed(5)
