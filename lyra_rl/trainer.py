@@ -31,7 +31,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from .camera import Cameras
-from .algorithms.grpo import group_advantages, grpo_loss, select_timesteps, sde_step_mask
+from .algorithms.grpo import REWARD_SCALINGS, group_advantages, grpo_loss, select_timesteps, sde_step_mask
 from .data.conditions import ConditionBatch, procedural_conditions, read_conditions, user_conditions
 from .reward import RewardSet
 from .rollout import guided_velocity, micro_batches, rollout
@@ -104,7 +104,7 @@ class GRPOConfig:
     train_timestep_window: int | None = field(default=None, metadata={"help": "Instead of a random fraction, train a window of this many consecutive steps that slides by one each GRPO step (MixGRPO)."})
     beta: float = field(default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."})
     epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
-    scale_rewards: bool = field(default=True, metadata={"help": "Divide advantages by the group std."})
+    scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling, as trl's: 'group' (divide by the group's reward std), 'batch' (by the whole batch's) or 'none' (only centre); true and false mean 'group' and 'none'."})
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
     train_micro_batch_size: int | None = field(default=None, metadata={"help": "Rollouts per forward pass of the rollout and forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
@@ -127,6 +127,10 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):
             self.reward_kwargs = json.loads(self.reward_kwargs)
+        aliases = {True: "group", False: "none", "true": "group", "false": "none"}  # YAML booleans, command-line words
+        self.scale_rewards = aliases.get(self.scale_rewards, self.scale_rewards)
+        if self.scale_rewards not in REWARD_SCALINGS:
+            raise ValueError(f"scale_rewards must be one of {REWARD_SCALINGS}, got {self.scale_rewards!r}")
         if (self.num_frames - 1) % 4 or self.num_frames < 5:
             raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {self.num_frames}")
         if self.train_micro_batch_size is not None and self.train_micro_batch_size < 1:

@@ -14,13 +14,13 @@ from lyra_rl.reward import VideoReward
 
 
 class Brightness(VideoReward):
-    """Mean brightness of the video, in [0, 1]."""
+    """Mean brightness of the video, in [0, 1], with its contrast (pixel std) as a diagnostic."""
 
     name = "brightness"
     floor = 0.0
 
     def score_video(self, video, cam_from_world, intrinsics, *, image, cache):
-        return float(video.mean()), {}
+        return float(video.mean()), {"contrast": float(video.std())}
 
 
 def toy_decode(self, latents, cond):

@@ -1,3 +1,5 @@
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -5,6 +7,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,56 @@ def test_every_recipe_documents_its_arguments(recipe, field):
     out = subprocess.run([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert field in out.stdout
+
+
+def test_grpo_help_documents_every_field_under_trl_names():
+    from dataclasses import fields
+
+    import trl
+
+    from lyra_rl.trainer import GRPOConfig
+
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "grpo.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [f.name for f in fields(GRPOConfig) if f"--{f.name}" not in out.stdout] == []
+    trl_names = {f.name for config in (trl.GRPOConfig, trl.ModelConfig) for f in fields(config)}
+    assert {"num_generations", "beta", "epsilon", "learning_rate", "lora_r", "lora_alpha", "lora_target_modules",
+            "reward_weights", "scale_rewards", "num_iterations", "max_grad_norm", "max_steps"} <= trl_names
+
+
+@pytest.mark.parametrize("given, scale", [("group", "group"), ("batch", "batch"), ("none", "none"), (True, "group"),
+                                          ("false", "none")])
+def test_scale_rewards_takes_trls_values(given, scale):
+    from lyra_rl.trainer import GRPOConfig
+
+    assert GRPOConfig(scale_rewards=given).scale_rewards == scale
+
+
+def test_scale_rewards_rejects_other_values():
+    from lyra_rl.trainer import GRPOConfig
+
+    with pytest.raises(ValueError, match="scale_rewards must be one of"):
+        GRPOConfig(scale_rewards="std")
+
+
+def test_readme_run_on_two_cpu_processes_is_one_group(tmp_path):
+    """``accelerate launch --multi_gpu --num_processes 2 recipes/grpo.py`` on a machine without GPUs: one
+    2-process run (one report, one TensorBoard log, the held-out samples split between the processes),
+    never two independent runs writing the same folder."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "grpo.py"),
+               "--config", str(ROOT / "recipes" / "configs" / "grpo_tiny.yaml"), "--output_dir", str(tmp_path),
+               "--max_steps", "1", "--save_steps", "1", "--conditions_per_step", "1", "--num_sampling_steps", "2",
+               "--eval_sampling_steps", "2"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("Wrote ") == 1
+    assert len(list((tmp_path / "logs").glob("events.out.tfevents.*"))) == 1
+    assert {p.name for p in (tmp_path / "samples").iterdir()} == {"step-1-0.mp4", "step-1-1.mp4"}
+    assert {p.name for p in (tmp_path / "checkpoint-1").iterdir()} == {
+        "pytorch_lora_weights.safetensors", "camera_modules.safetensors", "trainer_state.pt"}
+    assert (tmp_path / "reward_curve.png").is_file()
 
 
 def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkeypatch, capsys):
@@ -51,9 +104,10 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), prompt_embeddings=str(path),
                              rewards=["grpo_helpers:Brightness"], max_steps=1, guidance_scale=2.0, negative_prompt="blurry",
                              num_sampling_steps=2, conditions_per_step=1, num_generations=2, gradient_checkpointing=True,
-                             eval_conditions=1, eval_sampling_steps=2)
+                             eval_conditions=1, eval_sampling_steps=2, lora_target_modules=["to_q", "ffn.net.2"])
     history = grpo.main(config)
-    assert len(history) == 1 and (tmp_path / "run" / "checkpoint-1" / "pytorch_lora_weights.safetensors").is_file()
+    lora = load_file(tmp_path / "run" / "checkpoint-1" / "pytorch_lora_weights.safetensors")
+    assert len(history) == 1 and {re.sub(r".*\.(to_q|ffn\.net\.2)\.lora_[AB]\.weight", r"\1", k) for k in lora} == {"to_q", "ffn.net.2"}
     assert (tmp_path / "run" / "samples" / "step-1-0.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()
     printed = capsys.readouterr().out
     assert "checkpoint-1/" in printed and "could not score" not in printed  # brightness never fails

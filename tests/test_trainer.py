@@ -65,7 +65,7 @@ def test_learning_rate_schedules():
     assert learning_rate_factor(3, "cosine", 1, 5) == pytest.approx(0.5)  # half-way through the decay
 
 
-def test_resume_continues_with_the_same_numbers(tmp_path):
+def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
     schedule = dict(lr_scheduler_type="cosine", warmup_steps=1)
     full = make_trainer(tmp_path / "full", max_steps=4, save_steps=2, **schedule).train()
     interrupted = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, **schedule)
@@ -76,7 +76,9 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     resuming = make_trainer(tmp_path / "resumed", max_steps=4, save_steps=2, resume=True, **schedule)
     steps_run, train_step = [], resuming.train_step
     resuming.train_step = lambda: steps_run.append(resuming.step + 1) or train_step()
+    capsys.readouterr()
     resumed = resuming.train()
+    assert "GRPO" in (progress := capsys.readouterr().err) and "4/4" in progress  # the bar starts at step 2
     assert steps_run == [3, 4]  # continued from checkpoint-2
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-4"
     for a, b in zip(full, resumed):
@@ -95,10 +97,49 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
     logs = EventAccumulator(str(run / "logs")).Reload()
     scalars = set(logs.Tags()["scalars"])
     assert {"reward/total", "reward/brightness", "eval/reward/brightness", "loss", "policy_loss", "kl", "clip_fraction",
-            "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "learning_rate", *(f"time/{phase}" for phase in
+            "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "learning_rate", "failed/brightness",
+            "diagnostics/brightness/contrast", *(f"time/{phase}" for phase in
             ("conditions", "rollout", "decode", "reward", "update"))} <= scalars
     assert [event.step for event in logs.Scalars("reward/total")] == [1, 2, 3, 4]
     assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
+
+
+def test_a_checkpoint_that_fails_midway_leaves_the_last_complete_one(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.train_step()
+    trainer.save_checkpoint()
+    trainer.train_step()
+    save = trainer.policy.save_trained_weights
+
+    def fails_after_the_weights(folder, state):
+        save(folder, state)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(trainer.policy, "save_trained_weights", fails_after_the_weights)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "checkpoint-2").exists() and latest_checkpoint(tmp_path).name == "checkpoint-1"
+    monkeypatch.setattr(trainer.policy, "save_trained_weights", save)
+    assert trainer.save_checkpoint() == latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+
+
+def test_only_the_drawn_fraction_of_steps_is_sde_sampled_and_trained(tmp_path, monkeypatch):
+    from lyra_rl import trainer as trainer_module
+
+    trainer = make_trainer(tmp_path, train_timestep_fraction=0.5, num_sampling_steps=4, max_steps=3)
+    rollouts, replayed, run = [], [], trainer_module.rollout
+    monkeypatch.setattr(trainer_module, "rollout", lambda *args, **kwargs: rollouts.append(run(*args, **kwargs)) or rollouts[-1])
+    step_loss = trainer._step_loss
+    trainer._step_loss = lambda result, k, *args: replayed.append(k) or step_loss(result, k, *args)
+    draws = []
+    for _ in range(3):
+        draws.append(trainer._train_steps().tolist())  # drawn from the seed and the step
+        replayed.clear()
+        trainer.train_step()
+        assert len(draws[-1]) == 2 and replayed == draws[-1]  # one micro-batch, one inner epoch
+        sde_steps = (rollouts[-1].log_probs != 0).all(0).nonzero().flatten().tolist()
+        assert sde_steps == draws[-1]  # the other steps ran the ODE: no log-prob, nothing to train
+    assert len({tuple(d) for d in draws}) > 1
 
 
 def test_samples_draw_the_camera_path_the_video_took(tmp_path, monkeypatch):

@@ -36,18 +36,22 @@ import torch
 from torch import Tensor
 
 
+REWARD_SCALINGS = ("group", "batch", "none")
+
+
 def group_advantages(
     rewards: Tensor,
     group_ids: Tensor,
-    scale: bool = True,
+    scale: str = "group",
     eps: float = 1e-4,
     clip: float | None = 5.0,
 ) -> Tensor:
-    """Group-relative advantages: rewards centred (and scaled) by their group's statistics.
+    """Group-relative advantages: rewards centred on their group's mean, scaled as trl's ``scale_rewards`` says.
 
-    ``A = (r - mean_G(r)) / (std_G(r) + eps)``, or ``A = r - mean_G(r)`` with ``scale=False``,
-    then clamped to ``[-clip, clip]``. The std is the *unbiased* sample std (``torch.std``'s
-    default, ``correction=1``), as trl's GRPO uses. A group of size 1 has advantage 0.
+    ``A = (r - mean_G(r)) / (std + eps)``, with ``std`` the group's (``"group"``), that of the whole
+    batch (``"batch"``, PPO Lite), or no division (``"none"``, Dr. GRPO); then clamped to
+    ``[-clip, clip]``. Stds are *unbiased* sample stds (``torch.std``'s default, ``correction=1``),
+    as trl's GRPO uses. A group of size 1 has advantage 0.
 
     The statistics are those of the rows passed in: in a multi-process run the caller gathers
     the rewards and group ids of every process (e.g. ``accelerator.gather``) before calling,
@@ -57,7 +61,7 @@ def group_advantages(
         rewards: one reward per sample with shape :math:`(N,)`.
         group_ids: integer group of each sample (samples of the same condition share it), with
             shape :math:`(N,)`; any integer labels, not necessarily contiguous.
-        scale: divide by the group std; ``False`` only centres.
+        scale: ``"group"``, ``"batch"`` or ``"none"``.
         eps: positive constant added to the std.
         clip: positive bound on ``|A|``, or None for no clipping.
 
@@ -65,8 +69,8 @@ def group_advantages(
         advantages with shape :math:`(N,)`, float32 (float64 for float64 rewards).
 
     Raises:
-        ValueError: on mismatched or non-1-D shapes, non-integer ``group_ids``, ``eps <= 0`` or
-            ``clip <= 0``.
+        ValueError: on mismatched or non-1-D shapes, non-integer ``group_ids``, an unknown ``scale``,
+            ``eps <= 0`` or ``clip <= 0``.
     """
     if rewards.ndim != 1 or group_ids.shape != rewards.shape:
         raise ValueError(
@@ -74,6 +78,8 @@ def group_advantages(
         )
     if group_ids.dtype.is_floating_point or group_ids.dtype.is_complex or group_ids.dtype == torch.bool:
         raise ValueError(f"group_ids must be an integer tensor, got {group_ids.dtype}")
+    if scale not in REWARD_SCALINGS:
+        raise ValueError(f"scale must be one of {REWARD_SCALINGS}, got {scale!r}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
     if clip is not None and not clip > 0:
@@ -85,10 +91,12 @@ def group_advantages(
     sums = torch.zeros_like(counts).index_add_(0, index, rewards)
     centred = rewards - (sums / counts)[index]
     advantages = centred
-    if scale:
+    if scale == "group":
         squares = torch.zeros_like(counts).index_add_(0, index, centred**2)
         std = torch.sqrt(squares / (counts - 1.0).clamp(min=1.0))
         advantages = centred / (std[index] + eps)
+    elif scale == "batch":
+        advantages = centred / ((rewards.std() if len(rewards) > 1 else 0.0) + eps)
     if clip is not None:
         advantages = advantages.clamp(-clip, clip)
     return advantages

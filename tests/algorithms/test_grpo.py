@@ -29,8 +29,15 @@ class TestGroupAdvantages:
     def test_no_scale_only_centres(self):
         rewards = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 5.0])
         group_ids = torch.tensor([0, 0, 0, 7, 7, 3])
-        advantages = group_advantages(rewards, group_ids, scale=False)
+        advantages = group_advantages(rewards, group_ids, scale="none")
         torch.testing.assert_close(advantages, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+
+    def test_batch_scale_divides_by_the_batch_std(self):
+        rewards = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 5.0])
+        group_ids = torch.tensor([0, 0, 0, 7, 7, 3])
+        advantages = group_advantages(rewards, group_ids, scale="batch", clip=None)
+        expected = torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]) / (rewards.std() + 1e-4)
+        torch.testing.assert_close(advantages, expected)
 
     def test_groups_of_size_one_give_zero(self):
         advantages = group_advantages(torch.tensor([3.0, -7.0, 100.0]), torch.tensor([0, 1, 2]))
@@ -45,7 +52,7 @@ class TestGroupAdvantages:
         clipped = group_advantages(rewards, group_ids, clip=5.0)
         assert clipped[0].item() == 5.0
         assert clipped[1].item() == pytest.approx(-0.1414, abs=1e-3)
-        assert group_advantages(rewards, group_ids, scale=False, clip=0.5)[0].item() == 0.5
+        assert group_advantages(rewards, group_ids, scale="none", clip=0.5)[0].item() == 0.5
 
     def test_integer_labels_need_not_be_contiguous(self):
         rewards = torch.tensor([1.0, 3.0, 1.0, 3.0])
@@ -58,6 +65,7 @@ class TestGroupAdvantages:
         [
             (torch.zeros(4), torch.zeros(3, dtype=torch.long), {}),
             (torch.zeros(2, 2), torch.zeros(2, 2, dtype=torch.long), {}),
+            (torch.zeros(2), torch.zeros(2, dtype=torch.long), {"scale": True}),
             (torch.zeros(4), torch.zeros(4), {}),
             (torch.zeros(4), torch.zeros(4, dtype=torch.long), {"eps": 0.0}),
             (torch.zeros(4), torch.zeros(4, dtype=torch.long), {"clip": 0.0}),

@@ -151,6 +151,11 @@ def test_load_pretrained_brings_the_text_encoder(tmp_path):
     write_tokenizer(tmp_path / WAN_T5_TOKENIZER)
     policy = WanCameraPolicy.from_config("tiny", seed=2)
     policy.text_encoder = None
+    load_pretrained(policy, tmp_path)  # as with --prompt_embeddings: the 4.7B encoder is not loaded
+    assert policy.text_encoder is None
     load_pretrained(policy, tmp_path, text_encoder=True)
     assert policy.encode_prompts(["a room"]).shape == (1, 512, DIM)
     assert not any(p.requires_grad for p in policy.text_encoder.parameters()) and not policy.text_encoder.training
+    policy.place("meta")  # any accelerator: the encoder stays behind on the CPU
+    assert {p.device.type for p in policy.dit.parameters()} == {"meta"}
+    assert {p.device.type for p in policy.text_encoder.parameters()} == {"cpu"}
