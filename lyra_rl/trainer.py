@@ -127,6 +127,8 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):
             self.reward_kwargs = json.loads(self.reward_kwargs)
+        if isinstance(self.scale_rewards, str):
+            self.scale_rewards = self.scale_rewards.lower()
         aliases = {True: "group", False: "none", "true": "group", "false": "none"}  # YAML booleans, command-line words
         self.scale_rewards = aliases.get(self.scale_rewards, self.scale_rewards)
         if self.scale_rewards not in REWARD_SCALINGS:

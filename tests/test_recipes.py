@@ -39,31 +39,16 @@ def test_grpo_help_documents_every_field_under_trl_names():
 
     out = subprocess.run([sys.executable, str(ROOT / "recipes" / "grpo.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert [f.name for f in fields(GRPOConfig) if f"--{f.name}" not in out.stdout] == []
-    trl_names = {f.name for config in (trl.GRPOConfig, trl.ModelConfig) for f in fields(config)}
+    names = [f.name for f in fields(GRPOConfig)]
+    assert [name for name in names if not re.search(rf"--{name}\b", out.stdout)] == []
+    shared = {f.name for config in (trl.GRPOConfig, trl.ModelConfig) for f in fields(config)} & set(names)
     assert {"num_generations", "beta", "epsilon", "learning_rate", "lora_r", "lora_alpha", "lora_target_modules",
-            "reward_weights", "scale_rewards", "num_iterations", "max_grad_norm", "max_steps"} <= trl_names
-
-
-@pytest.mark.parametrize("given, scale", [("group", "group"), ("batch", "batch"), ("none", "none"), (True, "group"),
-                                          ("false", "none")])
-def test_scale_rewards_takes_trls_values(given, scale):
-    from lyra_rl.trainer import GRPOConfig
-
-    assert GRPOConfig(scale_rewards=given).scale_rewards == scale
-
-
-def test_scale_rewards_rejects_other_values():
-    from lyra_rl.trainer import GRPOConfig
-
-    with pytest.raises(ValueError, match="scale_rewards must be one of"):
-        GRPOConfig(scale_rewards="std")
+            "reward_weights", "scale_rewards", "num_iterations", "max_grad_norm", "max_steps"} <= shared
 
 
 def test_readme_run_on_two_cpu_processes_is_one_group(tmp_path):
     """``accelerate launch --multi_gpu --num_processes 2 recipes/grpo.py`` on a machine without GPUs: one
-    2-process run (one report, one TensorBoard log, the held-out samples split between the processes),
-    never two independent runs writing the same folder."""
+    2-process run (one report, one TensorBoard log), never two independent runs writing the same folder."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "recipes" / "grpo.py"),

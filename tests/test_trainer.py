@@ -57,6 +57,21 @@ def test_second_inner_epoch_moves_the_ratio(tmp_path):
     assert trainer.train_step()["learning_rate"] == pytest.approx(0.5e-2)  # 2 of 4 optimizer steps done
 
 
+@pytest.mark.parametrize("given, scale", [("group", "group"), ("batch", "batch"), ("none", "none"), (True, "group"),
+                                          (False, "none"), ("true", "group"), ("False", "none")])
+def test_scale_rewards_takes_trls_values(given, scale):
+    from lyra_rl.trainer import GRPOConfig
+
+    assert GRPOConfig(scale_rewards=given).scale_rewards == scale
+
+
+def test_scale_rewards_rejects_other_values():
+    from lyra_rl.trainer import GRPOConfig
+
+    with pytest.raises(ValueError, match="scale_rewards must be one of"):
+        GRPOConfig(scale_rewards="std")
+
+
 def test_learning_rate_schedules():
     from lyra_rl.trainer import learning_rate_factor
 

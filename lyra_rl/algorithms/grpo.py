@@ -19,6 +19,7 @@ Equations, for a group ``G`` of samples generated from the same condition with r
     A_i = \\mathrm{clip}\\Big(\\frac{r_i - \\mathrm{mean}_{j \\in G}\\, r_j}
                                 {\\mathrm{std}_{j \\in G}\\, r_j + \\epsilon}, -c, c\\Big),
 
+(the std of the whole batch instead with ``scale="batch"``, no division with ``scale="none"``),
 and per trained step, with ``rho = exp(log_prob - old_log_prob)`` and clip range ``eps``:
 
 .. math::
