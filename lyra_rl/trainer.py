@@ -127,10 +127,8 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):
             self.reward_kwargs = json.loads(self.reward_kwargs)
-        if isinstance(self.scale_rewards, str):
-            self.scale_rewards = self.scale_rewards.lower()
-        aliases = {True: "group", False: "none", "true": "group", "false": "none"}  # YAML booleans, command-line words
-        self.scale_rewards = aliases.get(self.scale_rewards, self.scale_rewards)
+        scale = str(self.scale_rewards).lower()  # YAML booleans and command-line words alike, as trl takes them
+        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
         if self.scale_rewards not in REWARD_SCALINGS:
             raise ValueError(f"scale_rewards must be one of {REWARD_SCALINGS}, got {self.scale_rewards!r}")
         if (self.num_frames - 1) % 4 or self.num_frames < 5:
