@@ -31,9 +31,9 @@ from torch.profiler import ProfilerActivity, profile
 from lyra_rl.algorithms.grpo import select_timesteps
 from lyra_rl.data.conditions import procedural_conditions, procedural_prompts
 from lyra_rl.reward import RewardSet, VideoReward
-from lyra_rl.trainer import GRPOConfig, GRPOTrainer
+from lyra_rl.training import GRPOConfig, GRPOTrainer
+from policies import PolicyConfig, build_policy
 from policies.prompts import WAN_TEXT_LENGTH
-from policies.wan_camera import WanCameraPolicy
 
 
 class MeanBrightness(VideoReward):
@@ -52,19 +52,15 @@ def make_trainer(policy_name: str, beta: float, quick: bool, camera_layout: str 
         size = dict(num_frames=17, height=64, width=96) if quick else dict(num_frames=33, height=128, width=192)
     cuda = torch.cuda.is_available()
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), policy=policy_name, rewards=[], beta=beta, num_sampling_steps=8,
-        train_timestep_fraction=0.5, conditions_per_step=1, num_generations=4, save_steps=10**9,
-        mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda, camera_layout=camera_layout, **size,
+        output_dir=tempfile.mkdtemp(), beta=beta, num_sampling_steps=8, train_timestep_fraction=0.5,
+        conditions_per_step=1, num_generations=4, save_steps=10**9, mixed_precision="bf16" if cuda else "no", **size,
     )
-    policy = WanCameraPolicy.from_config(policy_name, seed=0, camera_layout=camera_layout)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision)
+    policy_config = PolicyConfig(policy=policy_name, camera_layout=camera_layout, gradient_checkpointing=cuda)
+    policy = build_policy(policy_config, config.seed, accelerator)
     if policy.text_encoder is None:  # wan2.1-1.3b: stand-in embeddings of Wan's shape for the procedural prompts
         text_dim = policy.transformer.config.text_dim
         policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim).to(torch.bfloat16) for p in procedural_prompts()})
-    policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    if config.gradient_checkpointing:
-        policy.dit.enable_gradient_checkpointing()
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision)
-    policy.place(accelerator.device, torch.bfloat16 if cuda else torch.float32)
     return GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
 
 
@@ -126,7 +122,7 @@ def step_peak_bytes(trainer: GRPOTrainer) -> dict[str, int]:
     reference runs). On CUDA from the allocator's peak statistics (reset when the update starts); on the CPU
     from the running sum of the profiler's allocation and free events (tensor bytes, not resident pages)."""
     if torch.cuda.is_available():
-        peaks, update = {}, trainer._update
+        peaks, update = {}, trainer.update
 
         def measured_update(*args):
             peaks["before_update"] = torch.cuda.max_memory_allocated()
@@ -140,15 +136,15 @@ def step_peak_bytes(trainer: GRPOTrainer) -> dict[str, int]:
 
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        trainer._update = measured_update
+        trainer.update = measured_update
         try:
             trainer.train_step()
         finally:
-            del trainer._update
+            del trainer.update
         return {"step": max(peaks["before_update"], peaks["after"]) - before, "update": peaks["update"]}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         trainer.train_step()
-    update = next(e.time_range for e in prof.events() if e.name == "grpo/update")
+    update = next(e.time_range for e in prof.events() if e.name == "lyra_rl/update")
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     current = step_peak = update_peak = 0
     update_base = None

@@ -74,23 +74,20 @@ def worker(num_layers: int, repeats: int) -> None:
     from grpo_step import MeanBrightness
     from lyra_rl.data.conditions import procedural_prompts
     from lyra_rl.reward import RewardSet
-    from lyra_rl.trainer import GRPOConfig, GRPOTrainer
-    from lyra_rl.zero import make_accelerator
-    from policies import wan_camera
+    from lyra_rl.training import GRPOConfig, GRPOTrainer, make_accelerator
+    from policies import PolicyConfig, build_policy, wan_camera
     from policies.prompts import WAN_TEXT_LENGTH
 
     name = f"wan2.1-1.3b-{num_layers}-blocks"
     wan_camera.TRANSFORMER_CONFIGS[name] = {**wan_camera.TRANSFORMER_CONFIGS["wan2.1-1.3b"], "num_layers": num_layers}
     wan_camera.VAE_CONFIGS[name] = {**wan_camera.VAE_CONFIGS["tiny"], "z_dim": 16, "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}
-    config = GRPOConfig(output_dir=tempfile.mkdtemp(), policy=name, rewards=[], num_frames=9, height=32, width=48,
-                        conditions_per_step=1, num_generations=2, num_sampling_steps=2, train_timestep_fraction=0.5,
-                        eval_conditions=0, save_steps=10**9, max_steps=10**9)
-    policy = wan_camera.WanCameraPolicy.from_config(name)
+    config = GRPOConfig(output_dir=tempfile.mkdtemp(), num_frames=9, height=32, width=48, conditions_per_step=1,
+                        num_generations=2, num_sampling_steps=2, train_timestep_fraction=0.5, eval_conditions=0,
+                        save_steps=10**9, max_steps=10**9)
+    accelerator = make_accelerator("no", cpu=True)
+    policy = build_policy(PolicyConfig(policy=name), config.seed, accelerator)
     text_dim = policy.transformer.config.text_dim
     policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim) for p in procedural_prompts()})
-    policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
-    accelerator = make_accelerator("no", cpu=True)
-    policy.place(accelerator.device)
     trainer = GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
     trainer.train_step()  # warm-up: the optimizer state exists from here on
     seconds = []
@@ -106,7 +103,7 @@ def worker(num_layers: int, repeats: int) -> None:
     figures = torch.tensor([held, peak, held + peak, statistics.median(seconds)], dtype=torch.float64)
     largest = accelerator.reduce(figures, "max")  # every figure: the largest over the processes
     if accelerator.is_main_process:
-        print(json.dumps({"sharded": trainer.sharded, "held": largest[0].item(), "peak": largest[1].item(),
+        print(json.dumps({"sharded": trainer.backend.joins_every_forward, "held": largest[0].item(), "peak": largest[1].item(),
                           "total": largest[2].item(), "seconds": largest[3].item()}))
     accelerator.end_training()
 

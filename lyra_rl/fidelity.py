@@ -28,7 +28,8 @@ from .camera import (
     yaw_matrix,
 )
 from .data import broken
-from .data.scenes import make_scene, render
+from .data.renderer import render
+from .data.scenes import make_scene
 from .reward import RewardSet
 
 VARIANTS = ("wrong_trajectory", "shuffled", "frozen", "warped", "crossfade", "wrong_speed", "blurred")

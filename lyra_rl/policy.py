@@ -6,7 +6,7 @@ Convention:
       ``v = eps - x0``. The conversion to a model's own timestep scale happens inside the policy.
     - The reference model is the policy with its adapters disabled (:meth:`adapters_disabled`), never a copy.
     - Sharded training (accelerate's FSDP configs) also needs ``shard(reshard_after_forward: bool)``, which
-      shards the policy's big modules with FSDP2 (see ``lyra_rl.sharding``).
+      shards the policy's big modules with FSDP2 (see ``lyra_rl.training.fsdp``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ class VideoPolicy(Protocol):
         """``cond`` with other prompts (the negative prompt of classifier-free guidance), the rest reused."""
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, T', H', W')`` of a video of that size."""
+        """``(C, T', H', W')`` of a video of that size; a ``ValueError`` for a size the policy cannot generate."""
+
+    def generated_latents(self, videos: Tensor) -> Tensor:
+        """The latents ``(B, C, T', H', W')`` the policy would generate for videos ``(B, T, 3, H, W)`` (SFT's targets)."""
 
     def velocity(self, latents: Tensor, t: Tensor, cond: Any) -> Tensor:
         """``v_theta(x_t, t | cond)`` for latents ``(B, C, T', H', W')`` and times ``t (B,)``."""

@@ -1,4 +1,8 @@
-"""Rollouts of a video policy along a flow-matching schedule, with per-step log-probs (Flow-GRPO)."""
+"""Rollouts of a video policy along a flow-matching schedule, with per-step log-probs (Flow-GRPO).
+
+:func:`denoising_step` is the one step every caller takes: the rollout draws with it, the update replays the
+stored transitions with it under the policy and under the adapter-disabled reference, evaluation samples
+with it (timestep conventions: ``docs/conventions.md#timesteps``)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .policy import VideoPolicy
-from .sampling import classifier_free_guidance, ode_step, sde_step
+from .sampling import StepOutput, classifier_free_guidance, ode_step, sde_step
 
 
 @dataclass
@@ -40,6 +44,34 @@ def micro_batches(total: int, size: int | None) -> list[slice]:
     return [slice(start, min(start + size, total)) for start in range(0, total, size)]
 
 
+def denoising_step(
+    policy: VideoPolicy,
+    x: Tensor,
+    sigma: Tensor,
+    sigma_next: Tensor,
+    cond: Any,
+    uncond: Any = None,
+    guidance_scale: float = 1.0,
+    noise_level: float = 0.0,
+    noise: Tensor | None = None,
+    prev_sample: Tensor | None = None,
+) -> StepOutput:
+    """One denoising step of ``x (B, C, T', H', W')`` from ``sigma`` to ``sigma_next`` (0-d tensors).
+
+    The policy's velocity (:func:`guided_velocity`), then with ``noise_level > 0`` Flow-GRPO's SDE step
+    (:func:`~lyra_rl.sampling.sde_step`), which draws ``mean + std * noise`` or, given ``prev_sample``, scores
+    that stored transition; with ``noise_level = 0`` the Euler ODE step (``log_prob`` 0, ``std`` 0). The
+    rollout and its replay take the same step on the same (micro-)batches, so that replaying with unchanged
+    weights reproduces the rollout's log-probs bit for bit.
+    """
+    v = guided_velocity(policy, x, sigma.to(x.device).expand(len(x)), cond, uncond, guidance_scale)
+    if noise_level > 0:
+        return sde_step(x, v, sigma, sigma_next, noise_level, prev_sample=prev_sample, noise=noise)
+    x_next = ode_step(x, v, sigma, sigma_next)
+    zeros = torch.zeros(len(x), device=x.device)
+    return StepOutput(prev_sample=x_next, mean=x_next, std=zeros.new_zeros(()), log_prob=zeros)
+
+
 @torch.no_grad()
 def rollout(
     policy: VideoPolicy,
@@ -53,29 +85,25 @@ def rollout(
     guidance_scale: float = 1.0,
     micro_batch_size: int | None = None,
 ) -> Rollout:
-    """Denoises ``noise (B, C, T', H', W')`` from ``sigmas[0]`` to ``sigmas[-1]``.
+    """Denoises ``noise (B, C, T', H', W')`` from ``sigmas[0]`` to ``sigmas[-1]`` with :func:`denoising_step`.
 
     Steps where ``sde_mask (S,)`` is True use Flow-GRPO's SDE with the standard normal draws
     ``step_noise[k]`` (``(S, B, C, T', H', W')``; drawn by the caller so that each sample's randomness
     depends on its global index only, not on how the batch is split over processes); they can be
     trained, since their transition has a log-prob. The others use the Euler ODE (Flow-GRPO-Fast / MixGRPO);
-    with no SDE step at all (evaluation), ``step_noise`` may be None.
-    With ``guidance_scale != 1`` every step uses :func:`guided_velocity`. With ``micro_batch_size`` the
-    velocities are computed in slices of that many samples (less memory; the same slices as the update's,
-    so that its replayed steps reproduce the rollout's numbers exactly).
+    with no SDE step at all (evaluation), ``step_noise`` may be None. With ``micro_batch_size`` each step runs
+    in slices of that many samples (less memory; the update replays the same slices).
     """
     states, log_probs = [noise], torch.zeros(len(noise), len(sigmas) - 1)
     x = noise
     for k in range(len(sigmas) - 1):
-        t = sigmas[k].expand(len(x))
-        v = torch.cat([
-            guided_velocity(policy, x[part], t[part], cond[part], None if uncond is None else uncond[part], guidance_scale)
+        steps = [
+            denoising_step(policy, x[part], sigmas[k], sigmas[k + 1], cond[part], None if uncond is None else uncond[part],
+                           guidance_scale, noise_level if sde_mask[k] else 0.0,
+                           noise=step_noise[k][part] if sde_mask[k] else None)
             for part in micro_batches(len(x), micro_batch_size)
-        ])
-        if sde_mask[k]:
-            step = sde_step(x, v, sigmas[k], sigmas[k + 1], noise_level, noise=step_noise[k])
-            x, log_probs[:, k] = step.prev_sample, step.log_prob.float().cpu()
-        else:
-            x = ode_step(x, v, sigmas[k], sigmas[k + 1])
+        ]
+        x = torch.cat([step.prev_sample for step in steps])
+        log_probs[:, k] = torch.cat([step.log_prob for step in steps]).float().cpu()
         states.append(x)
     return Rollout(torch.stack(states), log_probs)

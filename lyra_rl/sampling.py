@@ -1,6 +1,6 @@
 """Flow-matching schedules and denoising steps: the Euler ODE step and Flow-GRPO's SDE step.
 
-Convention (see ``DESIGN.md``): flow-matching time ``t`` (called ``sigma`` here) lies in
+Convention (``docs/conventions.md#timesteps``): flow-matching time ``t`` (called ``sigma`` here) lies in
 ``[0, 1]``, ``t = 1`` is pure noise, ``x_t = (1 - t) x0 + t eps`` and the velocity is
 ``v = eps - x0``. Sampling runs from ``sigma = 1`` down to ``sigma = 0``, so every step has
 ``dt = sigma_next - sigma <= 0``.

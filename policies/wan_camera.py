@@ -451,7 +451,7 @@ class WanCameraPolicy(nn.Module):
 
     def shard(self, reshard_after_forward: bool = True) -> None:
         """Shards every DiT block (its base, LoRA and camera weights) over the processes of the default process
-        group with FSDP2's ``fully_shard`` (see ``lyra_rl.sharding``); embedders, head, Astra's processor and the
+        group with FSDP2's ``fully_shard`` (see ``lyra_rl.training.fsdp``); embedders, head, Astra's processor and the
         VAE stay whole on every process. Call after :meth:`place` and before building the optimizer."""
         for block in self.transformer.blocks:
             fully_shard(block, reshard_after_forward=reshard_after_forward)
@@ -476,10 +476,18 @@ class WanCameraPolicy(nn.Module):
             self._text_cache.update(zip(missing, embed_prompts(self.text_encoder, self.tokenizer, missing).cpu()))
         return torch.stack([self._text_cache[p] for p in prompts])
 
+    @staticmethod
+    def check_video_size(num_frames: int, height: int, width: int) -> None:
+        """The sizes Wan generates: ``4k + 1`` frames (``k >= 1``) and sides divisible by 16; else a ``ValueError``
+        naming the size that does not fit."""
+        if (num_frames - 1) % 4 or num_frames < 5:
+            raise ValueError(f"num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got {num_frames}")
+        if height % 16 or width % 16:
+            raise ValueError(f"height and width must be multiples of 16 (8x VAE, 2x2 patches), got {height}x{width}")
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """``(C, k, H/8, W/8)`` of the generated latents of a ``4k + 1``-frame video."""
-        if (num_frames - 1) % 4 or num_frames < 5 or height % 16 or width % 16:
-            raise ValueError(f"videos need 4k+1 frames (k >= 1) and sides divisible by 16, got {num_frames}x{height}x{width}")
+        """``(C, k, H/8, W/8)`` of the generated latents of a ``4k + 1``-frame video (:meth:`check_video_size`)."""
+        self.check_video_size(num_frames, height, width)
         return (self.transformer.config.in_channels, (num_frames - 1) // 4, height // 8, width // 8)
 
     def _normalize(self, z: Tensor, inverse: bool = False) -> Tensor:
@@ -506,10 +514,14 @@ class WanCameraPolicy(nn.Module):
         with self._vae_on(pixels.device):
             return self._normalize(self.vae.encode(pixels).latent_dist.mode())
 
+    def generated_latents(self, videos: Tensor) -> Tensor:
+        """The latents ``(B, C, k, H/8, W/8)`` the policy generates for videos ``(B, 4k + 1, 3, H, W)`` (SFT's
+        targets): their encoding without the first latent frame, which is the conditioning image's."""
+        return self.encode(videos)[:, :, 1:]
+
     def condition(self, images: Tensor, prompts: Sequence[str], cameras: Cameras) -> WanCondition:
         """Conditions for conditioning images ``(B, 3, H, W)`` in [0, 1], prompts and ``T = 4k + 1``-frame cameras."""
-        if (cameras.num_frames - 1) % 4:
-            raise ValueError(f"camera trajectories need 4k+1 frames, got {cameras.num_frames}")
+        self.check_video_size(cameras.num_frames, *images.shape[-2:])
         device = next(self.dit.parameters()).device
         num_latent_frames = (cameras.num_frames - 1) // 4 + 1
         return WanCondition(

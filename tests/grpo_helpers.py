@@ -37,19 +37,21 @@ def with_toy_decoder(policy):
 
 
 def make_trainer(output_dir, accelerator=None, **overrides):
-    """A tiny-policy GRPO trainer with the toy decoder and the brightness reward."""
-    from lyra_rl.reward import RewardSet
-    from lyra_rl.trainer import GRPOConfig, GRPOTrainer
-    from lyra_rl.zero import make_accelerator
-    from policies.wan_camera import WanCameraPolicy
+    """A tiny-policy GRPO trainer with the toy decoder and the brightness reward; ``overrides`` are fields of
+    ``GRPOConfig`` or ``PolicyConfig``."""
+    from dataclasses import fields
 
-    settings = dict(output_dir=str(output_dir), rewards=[], learning_rate=1e-2, epsilon=0.2, beta=0.05,
+    from lyra_rl.reward import RewardSet
+    from lyra_rl.training import GRPOConfig, GRPOTrainer, make_accelerator
+    from policies import PolicyConfig, build_policy
+
+    settings = dict(output_dir=str(output_dir), learning_rate=1e-2, epsilon=0.2, beta=0.05,
                     train_timestep_fraction=1.0, num_sampling_steps=4, conditions_per_step=2, num_generations=4)
-    config = GRPOConfig(**{**settings, **overrides})
-    policy = with_toy_decoder(WanCameraPolicy.from_config("tiny", config.seed, config.camera_layout))
-    policy.add_lora(config.lora_r, config.lora_alpha, config.lora_target_modules, config.train_camera_modules)
+    policy_fields = {f.name for f in fields(PolicyConfig)}
+    config = GRPOConfig(**{k: v for k, v in {**settings, **overrides}.items() if k not in policy_fields})
+    policy_config = PolicyConfig(**{k: v for k, v in overrides.items() if k in policy_fields})
     accelerator = accelerator or make_accelerator(config.mixed_precision, cpu=True)
-    policy.place("cpu", torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32)
+    policy = with_toy_decoder(build_policy(policy_config, config.seed, accelerator))
     return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator)
 
 
@@ -59,7 +61,7 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
 
     from torch.distributed.tensor import DTensor
 
-    from lyra_rl.sharding import reshard
+    from lyra_rl.training.fsdp import reshard
 
     conditions_per_step, output_dir = int(sys.argv[1]), sys.argv[2]
     # one held-out condition: the second process has no share of it (sharded, it must join the forward passes)
@@ -74,13 +76,13 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     trainer.train_step(), resumed.train_step()  # step 3's update uses the optimizer state of steps 1-2
     after, resumed_after = trainer.trained_state_dict(), resumed.trained_state_dict()
 
-    policy, blocks = trainer.policy, trainer.policy.transformer.blocks
+    policy, blocks, engine = trainer.policy, trainer.policy.transformer.blocks, getattr(trainer.backend, "engine", None)
     local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks.parameters())
     held = local / sum(p.numel() for p in blocks.parameters())
     moments = [t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()]  # (ZeRO: its partition)
     local_moments = sum(t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in moments)
     trained = sum(p.numel() for p in policy.trained_parameters().values())
-    cond, _ = trainer._condition(trainer._conditions([0], held_out=True), 1)
+    cond, _ = trainer.policy_conditions(trainer.conditions([0], held_out=True))
     with torch.no_grad(), trainer.autocast():  # a gradient-free pass: does a sharded block stay gathered after it?
         policy.velocity(torch.randn(1, *policy.latent_shape(9, 32, 48)), torch.full((1,), 0.5), cond)
     gathered = not isinstance(blocks[0].attn1.to_q.base_layer.weight, DTensor)
@@ -88,11 +90,11 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     if trainer.accelerator.is_main_process:
         print(json.dumps({
             "num_processes": trainer.accelerator.num_processes,
-            "sharded": trainer.sharded,
+            "sharded": trainer.backend.joins_every_forward,
             "block_weights_held": held,
             "optimizer_state_held": local_moments / (2 * trained),  # AdamW: two moments per trained element
-            "zero_stage": trainer.engine.zero_optimization_stage() if trainer.engine else None,
-            "gradient_bucket": trainer.engine.optimizer.reduce_bucket_size / trained if trainer.engine else None,
+            "zero_stage": engine.zero_optimization_stage() if engine else None,
+            "gradient_bucket": engine.optimizer.reduce_bucket_size / trained if engine else None,
             "gathered_after_no_grad_forward": gathered,
             "loss": [h["loss"] for h in history],
             "grad_norm": [h["grad_norm"] for h in history],

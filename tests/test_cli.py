@@ -4,7 +4,8 @@ import torch
 
 from lyra_rl.camera import default_intrinsics, trajectory_preset
 from lyra_rl.cli import main
-from lyra_rl.data.scenes import make_scene, render
+from lyra_rl.data.renderer import render
+from lyra_rl.data.scenes import make_scene
 from lyra_rl.video import read_video, write_video
 
 

@@ -35,11 +35,12 @@ def test_grpo_help_documents_every_field_under_trl_names():
 
     import trl
 
-    from lyra_rl.trainer import GRPOConfig
+    from lyra_rl.training import GRPOConfig, RewardConfig
+    from policies import PolicyConfig
 
     out = subprocess.run([sys.executable, str(ROOT / "recipes" / "grpo.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    names = [f.name for f in fields(GRPOConfig)]
+    names = [f.name for config in (PolicyConfig, RewardConfig, GRPOConfig) for f in fields(config)]
     assert [name for name in names if not re.search(rf"--{name}\b", out.stdout)] == []
     shared = {f.name for config in (trl.GRPOConfig, trl.ModelConfig) for f in fields(config)} & set(names)
     assert {"num_generations", "beta", "epsilon", "learning_rate", "lora_r", "lora_alpha", "lora_target_modules",
@@ -86,11 +87,12 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
         return policy
 
     monkeypatch.setattr(WanCameraPolicy, "from_config", without_text_encoder)
-    config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), prompt_embeddings=str(path),
-                             rewards=["grpo_helpers:Brightness"], max_steps=1, guidance_scale=2.0, negative_prompt="blurry",
-                             num_sampling_steps=2, conditions_per_step=1, num_generations=2, gradient_checkpointing=True,
-                             eval_conditions=1, eval_sampling_steps=2, lora_target_modules=["to_q", "ffn.net.2"])
-    history = grpo.main(config)
+    policy_config = grpo.PolicyConfig(prompt_embeddings=str(path), gradient_checkpointing=True,
+                                      lora_target_modules=["to_q", "ffn.net.2"])
+    config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), max_steps=1, guidance_scale=2.0,
+                             negative_prompt="blurry", num_sampling_steps=2, conditions_per_step=1, num_generations=2,
+                             eval_conditions=1, eval_sampling_steps=2)
+    history = grpo.main(policy_config, grpo.RewardConfig(rewards=["grpo_helpers:Brightness"]), config)
     lora = load_file(tmp_path / "run" / "checkpoint-1" / "pytorch_lora_weights.safetensors")
     assert len(history) == 1 and {re.sub(r".*\.(to_q|ffn\.net\.2)\.lora_[AB]\.weight", r"\1", k) for k in lora} == {"to_q", "ffn.net.2"}
     assert (tmp_path / "run" / "samples" / "step-1-0.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()
@@ -100,24 +102,19 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
 
 @pytest.mark.parametrize("name", ["grpo_tiny", "grpo_wan2.1-1.3b"])
 def test_grpo_configs_parse(name):
-    import yaml
-
-    from lyra_rl.trainer import GRPOConfig
     from policies.wan_camera import CAMERA_LAYOUTS, TRANSFORMER_CONFIGS
 
-    config = GRPOConfig(**yaml.safe_load((ROOT / "recipes" / "configs" / f"{name}.yaml").read_text()))  # validates sizes
-    assert config.policy in TRANSFORMER_CONFIGS and config.camera_layout in CAMERA_LAYOUTS
+    policy_config, _, _ = load_recipe("grpo").parse_args(["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml")])
+    assert policy_config.policy in TRANSFORMER_CONFIGS and policy_config.camera_layout in CAMERA_LAYOUTS
 
 
 def test_grpo_config_from_yaml_with_command_line_overrides():
-    from trl import TrlParser
-
-    from lyra_rl.trainer import GRPOConfig
-
+    parse_args = load_recipe("grpo").parse_args
     yaml_file = str(ROOT / "recipes" / "configs" / "grpo_tiny.yaml")
-    (config,) = TrlParser((GRPOConfig,)).parse_args_and_config(
-        args=["--config", yaml_file, "--max_steps", "3", "--rewards", "pose_consistency", "--reward_weights", "0.5"])
-    assert (config.height, config.num_generations, config.epsilon) == (64, 4, 0.001)  # from the yaml
-    assert config.max_steps == 3 and config.rewards == ["pose_consistency"] and config.reward_weights == [0.5]
-    with pytest.raises(ValueError, match="num_frames"):  # the config's own checks run on the parsed values
-        TrlParser((GRPOConfig,)).parse_args_and_config(args=["--config", yaml_file, "--num_frames", "16"])
+    policy_config, reward_config, config = parse_args(
+        ["--config", yaml_file, "--max_steps", "3", "--rewards", "pose_consistency", "--reward_weights", "0.5"])
+    assert (config.height, config.num_generations, config.epsilon, policy_config.lora_r) == (64, 4, 0.001, 8)  # from the yaml
+    assert config.max_steps == 3 and reward_config.rewards == ["pose_consistency"] and reward_config.reward_weights == [0.5]
+    with pytest.raises(ValueError, match="num_frames"):  # the policy's size rules run on the parsed values
+        parse_args(["--config", yaml_file, "--num_frames", "16"])
+

@@ -8,26 +8,36 @@ import torch
 import torch.multiprocessing as mp
 
 
+class HalfShardedModel(torch.nn.Sequential):
+    """Two layers of which ``shard`` shards the first, as a policy shards its blocks (Astra's camera processor
+    stays replicated, as the second layer does here)."""
+
+    def shard(self, reshard_after_forward: bool) -> None:
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self[0], reshard_after_forward=reshard_after_forward)
+
+
 def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: str) -> None:
     import torch.distributed as dist
-    from torch.distributed.fsdp import fully_shard
 
-    from lyra_rl.sharding import adamw, clip_grad_norm_, full_tensor
+    from lyra_rl.training.fsdp import FullySharded, full_tensor
+
+    def mean_over_processes(tensor, reduction):
+        dist.all_reduce(tensor)
+        return tensor / world
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=2))
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
-    fully_shard(model[0])  # model[1] stays replicated, as Astra's camera processor does
+    model = HalfShardedModel(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    accelerator = types.SimpleNamespace(num_processes=world, reduce=mean_over_processes)
+    backend = FullySharded(accelerator, model, learning_rate=0.1, weight_decay=0.01, max_grad_norm=0.5, samples_per_process=4)
+    assert backend.optimizer.defaults["foreach"] is False  # on GPUs foreach kernels would mix DTensors and tensors
     model(torch.randn(4, 5)).square().sum().backward()
-    for param in model[1].parameters():  # the trainer averages replicated gradients itself
-        dist.all_reduce(param.grad)
-        param.grad /= world
-    norm = clip_grad_norm_(model.parameters(), max_norm=0.5)
+    backend.optimizer.zero_grad = lambda set_to_none=True: None  # keep the clipped gradients to compare them
+    norm = backend.step()
     grads = [full_tensor(p.grad) for p in model.parameters()]
-    optimizer = adamw(model.parameters(), lr=0.1, weight_decay=0.01)
-    assert optimizer.defaults["foreach"] is False  # on GPUs foreach kernels would mix DTensors and tensors
-    optimizer.step()
     weights = [full_tensor(p.detach()) for p in model.parameters()]
     if rank == 0:
         torch.save((float(norm), grads, weights), result)
@@ -60,7 +70,7 @@ def test_clip_and_optimizer_step_over_sharded_and_replicated_weights(tmp_path):
 def test_fsdp_settings_come_from_the_accelerate_launch(monkeypatch):
     from accelerate.utils import DistributedType
 
-    from lyra_rl.sharding import fsdp_plugin
+    from lyra_rl.training.fsdp import fsdp_plugin
 
     def accelerator(num_processes: int, kind=DistributedType.MULTI_CPU):  # on CPU, accelerate keeps no FSDP
         return types.SimpleNamespace(distributed_type=kind, state=types.SimpleNamespace(), num_processes=num_processes)

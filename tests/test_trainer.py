@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grpo_helpers import make_trainer
-from lyra_rl.trainer import latest_checkpoint
+from lyra_rl.training import latest_checkpoint
 from lyra_rl.video import read_video
 
 
@@ -41,7 +41,7 @@ def test_zero_advantages_leave_the_policy_unchanged(tmp_path):
 
 def test_a_group_shares_its_initial_noise_and_nothing_else(tmp_path):
     trainer = make_trainer(tmp_path)  # 2 conditions, groups of 4, 4 sampling steps
-    initial, step_noise = trainer._noise(torch.tensor([0, 1]), (4, 2, 4, 6))
+    initial, step_noise = trainer.initial_and_step_noise(torch.tensor([0, 1]))
     groups = initial.view(2, 4, -1)
     assert all(torch.equal(group[0], group[k]) for group in groups for k in range(1, 4))
     assert not torch.equal(groups[0, 0], groups[1, 0])
@@ -60,20 +60,20 @@ def test_second_inner_epoch_moves_the_ratio(tmp_path):
 @pytest.mark.parametrize("given, scale", [("group", "group"), ("batch", "batch"), ("none", "none"), (True, "group"),
                                           (False, "none"), ("true", "group"), ("False", "none")])
 def test_scale_rewards_takes_trls_values(given, scale):
-    from lyra_rl.trainer import GRPOConfig
+    from lyra_rl.training import GRPOConfig
 
     assert GRPOConfig(scale_rewards=given).scale_rewards == scale
 
 
 def test_scale_rewards_rejects_other_values():
-    from lyra_rl.trainer import GRPOConfig
+    from lyra_rl.training import GRPOConfig
 
     with pytest.raises(ValueError, match="scale_rewards must be one of"):
         GRPOConfig(scale_rewards="std")
 
 
 def test_learning_rate_schedules():
-    from lyra_rl.trainer import learning_rate_factor
+    from lyra_rl.training import learning_rate_factor
 
     assert [learning_rate_factor(k, "constant", 2, 10) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
     assert [learning_rate_factor(k, "linear", 0, 4) for k in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
@@ -119,6 +119,23 @@ def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
     assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
 
 
+def test_a_checkpoint_of_version_0_1_resumes(tmp_path):
+    """A checkpoint the trainer of lyra-rl 0.1.0 wrote (``tests/fixtures/checkpoint_v0.1``, see its README)
+    resumes today with the numbers that run's next step gave."""
+    import shutil
+
+    fixture = Path(__file__).parent / "fixtures" / "checkpoint_v0.1"
+    shutil.copytree(fixture / "checkpoint-2", tmp_path / "checkpoint-2")
+    trainer = make_trainer(tmp_path, max_steps=3, save_steps=2, eval_conditions=0, lora_r=2, lora_alpha=2.0, resume=True)
+    history = trainer.train()
+    expected = json.loads((fixture / "step-3.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]  # the two steps of the checkpoint's history, then step 3
+    for name in ("loss", "reward/total", "kl"):
+        assert history[-1][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-9), name
+    sums = {key: float(value.double().sum()) for key, value in trainer.trained_state_dict().items()}
+    assert sums == pytest.approx(expected["trained_sums"], rel=1e-6, abs=1e-9)
+
+
 def test_a_checkpoint_that_fails_midway_leaves_the_last_complete_one(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, max_steps=2)
     trainer.train_step()
@@ -139,16 +156,16 @@ def test_a_checkpoint_that_fails_midway_leaves_the_last_complete_one(tmp_path, m
 
 
 def test_only_the_drawn_fraction_of_steps_is_sde_sampled_and_trained(tmp_path, monkeypatch):
-    from lyra_rl import trainer as trainer_module
+    from lyra_rl.training import grpo as trainer_module
 
     trainer = make_trainer(tmp_path, train_timestep_fraction=0.5, num_sampling_steps=4, max_steps=3)
     rollouts, replayed, run = [], [], trainer_module.rollout
     monkeypatch.setattr(trainer_module, "rollout", lambda *args, **kwargs: rollouts.append(run(*args, **kwargs)) or rollouts[-1])
-    step_loss = trainer._step_loss
-    trainer._step_loss = lambda result, k, *args: replayed.append(k) or step_loss(result, k, *args)
+    step_loss = trainer.step_loss
+    trainer.step_loss = lambda result, k, *args: replayed.append(k) or step_loss(result, k, *args)
     draws = []
     for _ in range(3):
-        draws.append(trainer._train_steps().tolist())  # drawn from the seed and the step
+        draws.append(trainer.trained_timesteps().tolist())  # drawn from the seed and the step
         replayed.clear()
         trainer.train_step()
         assert len(draws[-1]) == 2 and replayed == draws[-1]  # one micro-batch, one inner epoch
@@ -160,10 +177,11 @@ def test_only_the_drawn_fraction_of_steps_is_sde_sampled_and_trained(tmp_path, m
 def test_samples_draw_the_camera_path_the_video_took(tmp_path, monkeypatch):
     """With a reward that estimates cameras in the set (pose_consistency), a sample's panel draws the path
     estimated from its frames beside the commanded one: here a video rendered along another path."""
-    from lyra_rl import trainer as trainer_module
     from lyra_rl.camera import Cameras, default_intrinsics, trajectory_errors, trajectory_preset
-    from lyra_rl.data.scenes import make_scene, render
+    from lyra_rl.data.renderer import render
+    from lyra_rl.data.scenes import make_scene
     from lyra_rl.reward import RewardSet
+    from lyra_rl.training import trainer as trainer_module
     from rewards.pose import PoseConsistencyReward
 
     trainer = make_trainer(tmp_path)
@@ -211,7 +229,9 @@ def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step
     """Runs ``grpo_helpers.py`` under ``accelerate launch`` on CPU processes (2 steps, evaluation, checkpoint,
     resumed third step)."""
     script = Path(__file__).with_name("grpo_helpers.py")
-    env = {**os.environ, "PYTHONPATH": str(script.parent), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # the repository after tests/: its packages before tests/policies/, which would be a namespace package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parent), str(script.parents[1])]),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
               "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *launch_args]
     if config_file is not None:
@@ -308,8 +328,8 @@ def test_training_on_a_folder_of_images(tmp_path):
     trainer = make_trainer(tmp_path / "run", conditions=str(folder), max_steps=1, eval_conditions=1)
     logged = trainer.train_step()
     assert logged["step"] == 1 and 0 < logged["reward/total"] < 1 and logged["failed/brightness"] == 0.0
-    trained = {p for step in range(4) for p in trainer._conditions([2 * step, 2 * step + 1], held_out=False).prompts}
-    assert trained == {"scene 0", "scene 1"} and trainer._conditions([0], held_out=True).prompts == ["scene 2"]
+    trained = {p for step in range(4) for p in trainer.conditions([2 * step, 2 * step + 1]).prompts}
+    assert trained == {"scene 0", "scene 1"} and trainer.conditions([0], held_out=True).prompts == ["scene 2"]
     with pytest.raises(ValueError, match="held out"):
         make_trainer(tmp_path / "small", conditions=str(folder), eval_conditions=3)
 
@@ -318,7 +338,7 @@ def test_mixgrpo_window_slides(tmp_path):
     trainer = make_trainer(tmp_path, num_sampling_steps=4, train_timestep_window=2, max_steps=3)
     windows = []
     for _ in range(3):
-        windows.append(trainer._train_steps().tolist())
+        windows.append(trainer.trained_timesteps().tolist())
         trainer.step += 1
     assert windows == [[0, 1], [1, 2], [2, 3]]
 

@@ -3,7 +3,7 @@ import types
 import pytest
 import torch
 
-from lyra_rl.zero import zero_engine
+from lyra_rl.training.zero import zero_engine
 
 
 def test_deepspeed_settings_the_trainer_does_not_implement_are_refused():

@@ -1,8 +1,9 @@
 """Conditions for rollouts: a first frame, a prompt and a commanded camera trajectory.
 
-The default source renders procedural scenes (``lyra_rl.data.scenes``), so a run needs no data set; users
+The default source renders procedural scenes (``lyra_rl.data.scenes``, ``lyra_rl.data.renderer``), so a run needs no data set; users
 bring a JSONL manifest or a folder of images with prompts. Either way the condition with global index
-``i`` is a pure function of ``i`` (and the seed), whatever the number of processes.
+``i`` is a pure function of ``i`` (and the seed), whatever the number of processes, and a
+:class:`ConditionSource` keeps held-out conditions apart from the trained ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory, trajectory_preset
-from .scenes import DEFAULT_NUM_BOXES, make_scene, render
+from .renderer import render
+from .scenes import DEFAULT_NUM_BOXES, make_scene
 
 
 @dataclass
@@ -30,12 +32,23 @@ class ConditionBatch:
         prompts: ``B`` prompts.
         cameras: commanded cameras, ``B`` trajectories of ``T`` frames.
         ids: global condition indices ``(B,)`` (the GRPO group of each rollout).
+        videos: where the source has them, the true videos ``(B, T, 3, H, W)`` in [0, 1] along the commanded
+            cameras (SFT's targets; ``videos[:, 0]`` is ``images``), else ``None``.
     """
 
     images: Tensor
     prompts: list[str]
     cameras: Cameras
     ids: Tensor
+    videos: Tensor | None = None
+
+    def repeat(self, times: int) -> ConditionBatch:
+        """Each condition ``times`` times in a row (the rollouts of a group), ``B * times`` in all."""
+        cameras = Cameras(self.cameras.cam_from_world.repeat_interleave(times, 0),
+                          self.cameras.intrinsics.repeat_interleave(times, 0))
+        videos = None if self.videos is None else self.videos.repeat_interleave(times, 0)
+        return ConditionBatch(self.images.repeat_interleave(times, 0), [p for p in self.prompts for _ in range(times)],
+                              cameras, self.ids.repeat_interleave(times), videos)
 
 
 def procedural_prompt(num_boxes: int, direction: str) -> str:
@@ -47,19 +60,24 @@ def procedural_prompts() -> list[str]:
     return [procedural_prompt(n, d) for n in DEFAULT_NUM_BOXES for d in DIRECTIONS]
 
 
-def procedural_conditions(seed: int, indices: list[int], num_frames: int, height: int, width: int) -> ConditionBatch:
-    """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, preset ``i mod 7``."""
-    images, prompts, trajectories = [], [], []
+def procedural_conditions(seed: int, indices: list[int], num_frames: int, height: int, width: int,
+                          videos: bool = False) -> ConditionBatch:
+    """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, preset ``i mod 7``;
+    with ``videos``, each rendered along its whole trajectory too."""
+    images, prompts, trajectories, renders = [], [], [], []
     K = default_intrinsics(height, width)
     for index in indices:
         direction = DIRECTIONS[index % len(DIRECTIONS)]
         scene = make_scene(seed * 100_003 + index)
         trajectory = trajectory_preset(direction, num_frames)
-        images.append(render(scene, trajectory[:1], K, height, width).frames[0])
+        frames = render(scene, trajectory if videos else trajectory[:1], K, height, width).frames
+        images.append(frames[0])
+        renders.append(frames)
         prompts.append(procedural_prompt(scene.num_boxes, direction))
         trajectories.append(trajectory)
     cameras = Cameras(torch.stack(trajectories), K.expand(len(indices), num_frames, 3, 3).clone())
-    return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices))
+    return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices),
+                          torch.stack(renders) if videos else None)
 
 
 @dataclass
@@ -119,3 +137,37 @@ def user_conditions(entries: list[ConditionEntry], indices: list[int], num_frame
     K = default_intrinsics(height, width)
     cameras = Cameras(torch.stack(trajectories), K.expand(len(indices), num_frames, 3, 3).clone())
     return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices))
+
+
+class ConditionSource:
+    """The conditions of a run with their held-out split: ``conditions`` is ``'procedural'`` (trained scenes
+    from ``seed``, held-out ones from ``seed + 1``), a JSONL manifest or a folder of images (the last
+    ``held_out`` entries are held out, never trained on; see :func:`read_conditions`).
+
+    Args:
+        conditions: the source, as above.
+        seed: the run's seed.
+        held_out: how many held-out conditions evaluation uses.
+        num_frames, height, width: the size of the videos conditioned on.
+        videos: whether batches carry the true videos (SFT); only the procedural source has them.
+    """
+
+    def __init__(self, conditions: str, seed: int, held_out: int, num_frames: int, height: int, width: int,
+                 videos: bool = False):
+        if videos and conditions != "procedural":
+            raise ValueError(f"conditions {conditions!r} have no videos to train on: use 'procedural'")
+        self.seed, self.size, self.videos = seed, (num_frames, height, width), videos
+        self.entries = self.held_out_entries = None
+        if conditions != "procedural":
+            entries = read_conditions(conditions)
+            if len(entries) <= held_out:
+                raise ValueError(f"{conditions} has {len(entries)} conditions: at least eval_conditions + 1 = "
+                                 f"{held_out + 1} are needed (the last {held_out} are held out)")
+            split = len(entries) - held_out
+            self.entries, self.held_out_entries = entries[:split], entries[split:]
+
+    def __call__(self, indices: list[int], held_out: bool = False) -> ConditionBatch:
+        """The trained (or held-out) conditions with global indices ``indices``."""
+        if self.entries is None:
+            return procedural_conditions(self.seed + held_out, indices, *self.size, videos=self.videos)
+        return user_conditions(self.held_out_entries if held_out else self.entries, indices, *self.size)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
-from lyra_rl.data.scenes import make_scene, render
+from lyra_rl.data.renderer import render
+from lyra_rl.data.scenes import make_scene
 
 
 class Rendered:

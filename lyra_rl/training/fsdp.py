@@ -1,17 +1,16 @@
-"""Sharded training: the policy's big modules split over processes with FSDP2 when accelerate says so.
+"""Sharded training: the policy's big modules split over the processes with FSDP2 when accelerate says so.
 
-The GRPO trainer keeps its own data-parallel loop (rollouts per process, advantages over the gathered group,
-an all-reduce of the gradients of replicated weights). Launched with accelerate's FSDP settings
-(``recipes/configs/accelerate_fsdp.yaml``, ``accelerate_fsdp_grad_op.yaml`` or ``--use_fsdp --fsdp_version 2``), the policy also
-shards its transformer blocks with torch's ``fully_shard``: each process stores ``1/N`` of their weights,
-gradients and optimizer state, gathers a block's weights for its forward and backward passes and
-reduce-scatters its gradients.
+Launched with accelerate's FSDP settings (``recipes/configs/accelerate_fsdp.yaml``,
+``accelerate_fsdp_grad_op.yaml`` or ``--use_fsdp --fsdp_version 2``), the policy shards its transformer blocks
+with torch's ``fully_shard`` (``policy.shard``): each process stores ``1/N`` of their weights, gradients and
+optimizer state, gathers a block's weights for its forward and backward passes and reduce-scatters its
+gradients. The trained weights outside the blocks (Astra's processor) stay whole and are all-reduced.
 
 - ``fsdp_reshard_after_forward: true``: the gathered weights are freed after each forward pass
   (FSDP FULL_SHARD, DeepSpeed ZeRO-3): the least memory, one more all-gather per backward pass.
 - ``false``: they stay gathered from a forward pass to its backward pass (FSDP SHARD_GRAD_OP, the
   memory/communication trade of ZeRO-2), so a forward+backward holds every block whole at its peak. After
-  gradient-free passes (rollouts, evaluation) the trainer frees them with :func:`reshard`.
+  gradient-free passes (rollouts, evaluation) the trainer frees them (:meth:`FullySharded.release`).
 
 accelerate itself runs FSDP on GPUs only (on CPU it turns the launch into plain DDP), so the settings are
 read from accelerate's plugin or, on CPU, from the environment its launcher sets: the same config file
@@ -21,7 +20,7 @@ shards a CPU gloo group, which is how the tests check it.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -30,6 +29,8 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from torch import nn
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from .distributed import DataParallel, to_cpu
 
 
 def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | None:
@@ -55,29 +56,9 @@ def reshard(module: nn.Module) -> None:
             submodule.reshard()
 
 
-def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW over the trained weights. With FSDP2 shards among them it takes its per-tensor loop: its foreach
-    kernels, on by default on GPUs, cannot mix DTensors and plain tensors (Astra's processor stays whole) in
-    one call; for LoRA-sized tensors the loop costs milliseconds. One parameter group either way, so a
-    checkpoint resumes with or without sharding."""
-    params = list(params)
-    sharded = any(isinstance(p, DTensor) for p in params)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False if sharded else None)
-
-
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor of a sharded ``DTensor`` (a collective: every process must call it), else ``tensor``."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def full_state(state: Any) -> Any:
-    """``state`` (nested dicts/lists, e.g. an optimizer's ``state_dict()``) with every tensor whole and on the
-    CPU (DTensors gathered: every process must call it), so it loads on any machine and number of processes."""
-    if isinstance(state, dict):
-        return {key: full_state(value) for key, value in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(full_state(value) for value in state)
-    return full_tensor(state).cpu() if torch.is_tensor(state) else state
 
 
 def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -85,18 +66,6 @@ def shard_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if not isinstance(param, DTensor):
         return full
     return distribute_tensor(full.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-
-
-def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """An optimizer ``state_dict()`` saved whole (:func:`full_state`), each parameter's tensors of its shape
-    sharded as the parameter of ``optimizer`` with the same index is, ready for its ``load_state_dict``."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]  # state_dict's indices
-    per_param = {
-        index: {name: shard_like(value, params[index]) if value.shape == params[index].shape else value
-                for name, value in values.items()}
-        for index, values in state["state"].items()
-    }
-    return {**state, "state": per_param}
 
 
 def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
@@ -115,3 +84,55 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float) -> torc
     for grad in grads:
         grad.mul_(coefficient)
     return total
+
+
+class FullySharded(DataParallel):
+    """FSDP2: the policy's blocks sharded over the processes (``policy.shard``), the trained weights among
+    them stepped shard by shard; the rest replicated as under :class:`DataParallel`.
+
+    Args:
+        reshard_after_forward: accelerate's ``fsdp_reshard_after_forward`` (see the module's notes).
+        *args: as :class:`DataParallel`'s.
+    """
+
+    joins_every_forward = True
+    # AdamW's per-tensor loop: its foreach kernels, on by default on GPUs, cannot mix DTensors and plain tensors
+    # (Astra's processor stays whole) in one call; for LoRA-sized tensors the loop costs milliseconds
+    foreach = False
+
+    def __init__(self, accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
+                 max_grad_norm: float, samples_per_process: int, reshard_after_forward: bool = True):
+        if not hasattr(policy, "shard"):
+            raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
+        policy.shard(reshard_after_forward)
+        super().__init__(accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process)
+
+    def step(self) -> torch.Tensor:
+        self.reduce_gradients([p for p in self.params if not isinstance(p, DTensor)])  # FSDP reduced the shards'
+        grad_norm = clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def release(self, module: nn.Module) -> None:
+        reshard(module)
+
+    def full_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return full_tensor(tensor)
+
+    def load_tensor(self, param: nn.Parameter, value: torch.Tensor) -> None:
+        param.copy_(shard_like(value.to(param.dtype), param))
+
+    def optimizer_state_dict(self) -> dict:
+        state = self.optimizer.state_dict()
+        return to_cpu({**state, "state": {index: {name: full_tensor(value) for name, value in values.items()}
+                                          for index, values in state["state"].items()}})
+
+    def load_optimizer_state_dict(self, state: dict) -> None:
+        """Each saved tensor of a parameter's shape is sharded as that parameter is (its index in the one group)."""
+        per_param = {
+            index: {name: shard_like(value, self.params[index]) if value.shape == self.params[index].shape else value
+                    for name, value in values.items()}
+            for index, values in state["state"].items()
+        }
+        self.optimizer.load_state_dict({**state, "state": per_param})

@@ -1,9 +1,8 @@
 """DeepSpeed ZeRO-1/2 for the trained weights, when accelerate launches with DeepSpeed
 (``recipes/configs/accelerate_deepspeed_zero2.yaml`` or ``--use_deepspeed --zero_stage 2``).
 
-The GRPO trainer keeps its own loop (rollouts per process, advantages over the gathered group). Under a
-DeepSpeed launch its trained weights (LoRA, trained camera modules) are handed to a DeepSpeed engine, which
-partitions their gradients (stage 2) and AdamW state (stages 1 and 2) over the processes, reduces the
+Under a DeepSpeed launch the trained weights (LoRA, trained camera modules) are handed to a DeepSpeed engine,
+which partitions their gradients (stage 2) and AdamW state (stages 1 and 2) over the processes, reduces the
 gradients, clips them at the trainer's ``max_grad_norm`` and steps; the frozen base model stays whole on
 every process (to shard it too, launch with FSDP: ``accelerate_fsdp.yaml``). The trainer's micro-batches
 and trained timesteps are the gradient accumulation, with DeepSpeed's unmanaged accumulation: every
@@ -13,33 +12,18 @@ The policy keeps its own precision (frozen weights in bf16, trained ones in floa
 autocast), so DeepSpeed's bf16 and fp16 modes, which would cast the trained weights too, are switched off.
 Checkpoints keep the trainer's format: the AdamW state is gathered whole and per parameter, as torch's
 ``AdamW.state_dict()`` holds it, so a run resumes under any launch and number of processes.
-
-On a machine without CUDA, ``Accelerator(cpu=True)`` silently turns a DeepSpeed launch into DDP, and without
-it accelerate counts one process while DeepSpeed counts them all: :func:`make_accelerator` names the gloo
-backend instead, so the same config file runs a CPU group, which is how the tests check it.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from importlib.metadata import version
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs
 from torch import nn
 
-
-def make_accelerator(mixed_precision: str | None = None, cpu: bool = False) -> Accelerator:
-    """The launch's ``Accelerator``: a gloo process group on a machine without CUDA, or with ``cpu`` (see the
-    module's notes; a DeepSpeed launch on the CPU of a CUDA machine also needs ``CUDA_VISIBLE_DEVICES=``);
-    ``mixed_precision=None`` leaves accelerate's config in charge."""
-    if torch.cuda.is_available() and not cpu:
-        return Accelerator(mixed_precision=mixed_precision)
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        return Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    return Accelerator(cpu=True, mixed_precision=mixed_precision)
+from .distributed import DataParallel
 
 
 def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
@@ -125,3 +109,29 @@ def load_full_optimizer_state(engine, optimizer: torch.optim.Optimizer, params: 
         for key, value in values.items():
             if value.dim():
                 safe_set_full_optimizer_state(param, value.to(flat.device), key)
+
+
+class ZeRO(DataParallel):
+    """DeepSpeed ZeRO stage 1 or 2 over the trained weights (see the module's notes); arguments as
+    :class:`DataParallel`'s."""
+
+    def __init__(self, accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
+                 max_grad_norm: float, samples_per_process: int):
+        super().__init__(accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process)
+        self.engine = zero_engine(accelerator, self.params, self.optimizer, max_grad_norm, samples_per_process)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already scaled for accumulation
+
+    def step(self) -> torch.Tensor:
+        self.engine.step()
+        return torch.as_tensor(self.engine.get_global_grad_norm())
+
+    def loaded(self) -> None:
+        self.engine.optimizer.refresh_fp32_params()  # ZeRO steps its own float32 copy of its partition
+
+    def optimizer_state_dict(self) -> dict:
+        return full_optimizer_state(self.optimizer, self.params)
+
+    def load_optimizer_state_dict(self, state: dict) -> None:
+        load_full_optimizer_state(self.engine, self.optimizer, self.params, state)

@@ -1,0 +1,102 @@
+"""The configs every trainer shares, as trl splits them: :class:`TrainingConfig` (output, data, sampling of
+evaluation, optimisation, checkpoints) extended by each algorithm's own (``GRPOConfig``), and
+:class:`RewardConfig`; the policy's config is the policy package's (``policies.PolicyConfig``). A recipe
+parses them together with one ``trl.TrlParser`` (a YAML file plus command-line overrides; ``--help`` lists
+every field)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..reward import RewardSet
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+#: Mixed-precision settings the trainers implement: the frozen weights' dtype (fp16 would need loss scaling).
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16}
+
+
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    """The frozen weights' dtype under ``mixed_precision`` ('no' or 'bf16'); any other is an error."""
+    if mixed_precision not in WEIGHT_DTYPES:
+        raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
+    return WEIGHT_DTYPES[mixed_precision]
+
+
+def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): a linear warm-up through
+    ``(k + 1) / (warmup_steps + 1)`` (the first step already moves the weights), then ``schedule`` from 1
+    to 0 over the remaining steps (``constant`` stays at 1)."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[schedule]
+
+
+@dataclass
+class RewardConfig:
+    """The reward set that scores rollouts and held-out samples.
+
+    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
+    """
+
+    rewards: list[str] = field(default_factory=lambda: ["pose_consistency", "epipolar"], metadata={"help": "Reward names or module:Class paths."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
+    reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."})
+    reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_kwargs, str):
+            self.reward_kwargs = json.loads(self.reward_kwargs)
+
+    def reward_set(self) -> RewardSet:
+        return RewardSet.from_names(self.rewards, self.reward_weights, self.reward_kwargs, self.reward_workers)
+
+
+@dataclass
+class TrainingConfig:
+    """Arguments every trainer shares (names follow trl's where they mean the same).
+
+    > Data: conditions, num_frames, height, width, conditions_per_step (per process).
+    > Evaluation: eval_conditions, eval_sampling_steps (every save_steps), shift, guidance_scale, negative_prompt.
+    > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed,
+      mixed_precision, train_micro_batch_size.
+    > Output: output_dir, logging_steps, save_steps, resume.
+    """
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Run folder: checkpoints, logs, samples."})
+    conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
+    num_frames: int = field(default=9, metadata={"help": "Frames per video (the policy's rule: Wan's is 4k+1)."})
+    height: int = field(default=32, metadata={"help": "Frame height (the policy's rule: Wan's is a multiple of 16)."})
+    width: int = field(default=48, metadata={"help": "Frame width (the policy's rule: Wan's is a multiple of 16)."})
+    conditions_per_step: int = field(default=2, metadata={"help": "Conditions per process and step."})
+    shift: float = field(default=5.0, metadata={"help": "Flow-matching timestep shift (Wan uses 5)."})
+    guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance weight of rollouts and updates (1 = no guidance, one forward pass per step)."})
+    negative_prompt: str = field(default="", metadata={"help": "Prompt of the unconditional branch when guidance_scale != 1."})
+    train_micro_batch_size: int | None = field(default=None, metadata={"help": "Samples per forward pass of the rollout and forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "'no' or 'bf16' (default: accelerate's config): frozen DiT weights in bf16, trained ones in float32, forward passes under autocast."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (it would pull the identity-initialised camera projectors and loaded camera modules towards 0)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps after the warm-up: constant, linear or cosine (to 0)."})
+    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up (the first one at 1/(warmup_steps+1) of the rate)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_steps: int = field(default=20, metadata={"help": "Training steps."})
+    seed: int = field(default=0, metadata={"help": "Seed of conditions, noise and initial weights."})
+    eval_conditions: int = field(default=2, metadata={"help": "Held-out conditions sampled every save_steps, the same each time (procedural: scenes of seed + 1; user conditions: the last ones, not trained on); 0 turns evaluation off."})
+    eval_sampling_steps: int = field(default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE)."})
+    logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+
+    def __post_init__(self) -> None:
+        if self.train_micro_batch_size is not None and self.train_micro_batch_size < 1:
+            raise ValueError(f"train_micro_batch_size must be >= 1, got {self.train_micro_batch_size}")
+        if self.lr_scheduler_type not in LR_SCHEDULES or self.warmup_steps < 0:
+            raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULES} and warmup_steps >= 0")
+        if self.eval_conditions < 0 or self.eval_sampling_steps < 1:
+            raise ValueError("eval_conditions must be >= 0 and eval_sampling_steps >= 1")
+        if self.mixed_precision is not None:
+            weight_dtype(self.mixed_precision)

@@ -1,0 +1,262 @@
+"""The machinery every trainer shares: the accelerator and its distributed backend, the optimizer and its
+learning-rate schedule, the conditions with their held-out split, the loop with its progress bar, logging
+(TensorBoard and the reward curve), atomic checkpoints with ``--resume``, and held-out evaluation.
+
+An algorithm subclasses :class:`Trainer` with its config and its step (:meth:`Trainer.training_step`) alone
+(see ``lyra_rl.training.grpo``); its loss is a pure function in ``lyra_rl.algorithms``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..camera import Cameras
+from ..data.conditions import ConditionBatch, ConditionSource
+from ..policy import VideoPolicy
+from ..reward import RewardSet
+from ..rollout import rollout
+from ..sampling import shifted_sigmas
+from ..video import camera_path_video, write_video
+from .checkpoint import TRAINER_STATE, latest_checkpoint, read_trainer_state, rng_state, set_rng_state, write_checkpoint
+from .config import TrainingConfig, learning_rate_factor, weight_dtype
+from .distributed import distributed_backend, make_accelerator
+from .metrics import TensorBoard, plot_curves
+
+
+def seeded(*key: int) -> torch.Generator:
+    """A CPU generator seeded by ``key`` alone (a run's seed, a purpose, global indices): the same draws
+    whatever the number of processes."""
+    return torch.Generator().manual_seed(hash(key) % (2**63))
+
+
+class Trainer:
+    """Runs a :class:`TrainingConfig` on a policy (its trained weights: ``requires_grad``) and a reward set.
+
+    Args:
+        config: the run's config (an algorithm's subclass of :class:`TrainingConfig`).
+        policy: a placed :class:`~lyra_rl.policy.VideoPolicy` (e.g. ``policies.build_policy``).
+        reward_set: scores rollouts and held-out samples (``None``: an algorithm that needs no reward, as SFT,
+            evaluates by its samples alone).
+        accelerator: the launch's (default: :func:`~lyra_rl.training.distributed.make_accelerator`).
+    """
+
+    #: The progress bar's label.
+    name = "train"
+    #: Whether the algorithm trains on the conditions' true videos (SFT), so the source must render them.
+    trains_on_videos = False
+    #: The PNG written at the end of training: its file name, the metrics plotted (by prefix), their axis label.
+    curve = ("reward_curve.png", "reward/", "mean reward")
+
+    def __init__(self, config: TrainingConfig, policy: VideoPolicy, reward_set: RewardSet | None = None,
+                 accelerator: Accelerator | None = None):
+        self.config, self.policy, self.reward_set = config, policy, reward_set
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        weight_dtype(self.accelerator.mixed_precision)  # the launch's precision, where accelerate's config set it
+        self.latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)  # the policy's rules
+        self.conditions = ConditionSource(config.conditions, config.seed, config.eval_conditions,
+                                          config.num_frames, config.height, config.width, self.trains_on_videos)
+        self.backend = distributed_backend(self.accelerator, policy, config.learning_rate, config.weight_decay,
+                                           config.max_grad_norm, self.samples_per_process())
+        self.optimizer = self.backend.optimizer
+        total = config.max_steps * self.optimizer_steps_per_step()
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
+        )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.output_dir = Path(config.output_dir)
+
+    def samples_per_process(self) -> int:
+        """Samples each process trains on per optimizer step."""
+        return self.config.conditions_per_step
+
+    def optimizer_steps_per_step(self) -> int:
+        """Optimizer steps per training step (the learning-rate schedule's unit)."""
+        return 1
+
+    def training_step(self) -> dict[str, float]:
+        """The algorithm's step: samples, scores, updates; returns its metrics (reduced over the processes)."""
+        raise NotImplementedError
+
+    def train_step(self) -> dict[str, float]:
+        """One :meth:`training_step`, logged with the step number and its learning rate into ``history``."""
+        learning_rate = self.lr_scheduler.get_last_lr()[0]  # what this step's (first) optimizer step uses
+        logged = self.training_step()
+        self.step += 1
+        logged.update(learning_rate=learning_rate, step=self.step)
+        self.history.append(logged)
+        return logged
+
+    def progress_postfix(self, logged: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows after a step."""
+        return {"reward": f"{logged.get('reward/total', math.nan):.3f}"}
+
+    def autocast(self):
+        """bf16 autocast when the launch's mixed precision is bf16 (accelerate's own does nothing under
+        DeepSpeed, whose bf16 mode, which casts the trained weights too, the trainer switches off)."""
+        return torch.autocast(self.accelerator.device.type, torch.bfloat16, enabled=self.accelerator.mixed_precision == "bf16")
+
+    def step_indices(self) -> list[int]:
+        """Global indices of this process's conditions at the current step."""
+        per_process = self.config.conditions_per_step
+        start = (self.step * self.accelerator.num_processes + self.accelerator.process_index) * per_process
+        return list(range(start, start + per_process))
+
+    def policy_conditions(self, batch: ConditionBatch, repeats: int = 1):
+        """The policy's conditions of ``batch`` (each repeated ``repeats`` times) and, with guidance, the
+        negative prompt's (else ``None``)."""
+        cond = self.policy.condition(batch.images, batch.prompts, batch.cameras)
+        if self.config.guidance_scale == 1.0:
+            return cond.repeat(repeats), None
+        uncond = self.policy.with_prompts(cond, [self.config.negative_prompt] * len(batch.prompts))
+        return cond.repeat(repeats), uncond.repeat(repeats)
+
+    def optimizer_step(self) -> torch.Tensor:
+        """Reduces, clips and applies the accumulated gradients, advances the schedule; returns the gradient norm."""
+        grad_norm = self.backend.step()
+        self.lr_scheduler.step()
+        return grad_norm
+
+    def train(self) -> list[dict[str, float]]:
+        """Trains to ``max_steps`` (from the last complete checkpoint with ``resume``), checkpointing and
+        evaluating every ``save_steps`` and at the end; returns the logged history."""
+        config = self.config
+        if config.resume and (checkpoint := latest_checkpoint(self.output_dir)) is not None:
+            self.load_checkpoint(checkpoint)
+        main = self.accelerator.is_main_process
+        tensorboard = TensorBoard(self.output_dir / "logs", enabled=main)
+        progress = tqdm(total=config.max_steps, initial=self.step, desc=self.name, disable=not main)
+        while self.step < config.max_steps:
+            logged = self.train_step()
+            progress.update(1)
+            progress.set_postfix(self.progress_postfix(logged))
+            if self.step % config.logging_steps == 0:
+                tensorboard.add(logged, self.step)
+            if self.step % config.save_steps == 0 or self.step == config.max_steps:
+                self.save_checkpoint()
+                if config.eval_conditions:
+                    evaluation = self.evaluate(self.output_dir / "samples")
+                    logged.update(evaluation)
+                    tensorboard.add(evaluation, self.step)
+        progress.close()
+        tensorboard.close()
+        if main and self.history:
+            file_name, prefix, label = self.curve
+            plot_curves(self.history, self.output_dir / file_name, prefix, label)
+            self.report()
+        return self.history
+
+    def report(self) -> None:
+        """Prints where the run's outputs are, and which rewards could not score a single rollout."""
+        checkpoint = latest_checkpoint(self.output_dir)
+        outputs = [f"{checkpoint.name}/ ({', '.join(sorted(p.name for p in checkpoint.iterdir()))})"] if checkpoint else []
+        outputs += ["samples/*.mp4"] if self.config.eval_conditions else []
+        outputs += ["logs/ (tensorboard --logdir)", self.curve[0]]
+        print(f"Wrote {self.output_dir}/: {', '.join(outputs)}")
+        for name in [k.removeprefix("failed/") for k in self.history[-1] if k.startswith("failed/")]:
+            if all(h[f"failed/{name}"] == 1.0 for h in self.history):
+                print(f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "
+                      "the videos have no geometry it can estimate, as with the randomly initialised tiny policy")
+
+    @torch.no_grad()
+    def evaluate(self, sample_dir: Path | None = None) -> dict[str, float]:
+        """Deterministic samples of the held-out conditions (ODE, ``eval_sampling_steps``, fixed noise), their
+        mean rewards as ``eval/reward/<name>``, and, with ``sample_dir``, each sample as an mp4 with its camera paths.
+
+        Every process samples its share of the conditions (``indices[rank::world]``); the means are reduced
+        over all of them, so each process must call this. With sharded weights, a process without a share
+        samples the first condition anyway (each block's all-gather needs every process) and drops it.
+        """
+        config, policy, accelerator = self.config, self.policy, self.accelerator
+        indices = list(range(config.eval_conditions))[accelerator.process_index :: accelerator.num_processes]
+        sampled = indices or ([0] if self.backend.joins_every_forward and config.eval_conditions else [])
+        sums: dict[str, torch.Tensor] = {}
+        if sampled:
+            batch = self.conditions(sampled, held_out=True)
+            cond, uncond = self.policy_conditions(batch)
+            noise = torch.stack([torch.randn(self.latent_shape, generator=seeded(config.seed, 4, i)) for i in sampled])
+            ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
+            sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(accelerator.device)
+            with self.autocast():
+                result = rollout(policy, cond, noise.to(accelerator.device), sigmas, ode, 0.0, None, uncond,
+                                 config.guidance_scale)
+            self.backend.release(policy)
+            if indices:
+                videos = policy.decode(result.states[-1], cond).float().cpu()
+                if self.reward_set is not None:
+                    scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
+                    for name, values in {"total": scores.total, **scores.rewards}.items():
+                        finite = values[~values.isnan()]
+                        sums[name] = torch.tensor([float(finite.sum()), len(finite)])
+                if sample_dir is not None:
+                    for k, (index, video) in enumerate(zip(indices, videos)):
+                        self.write_sample(sample_dir / f"step-{self.step}-{index}.mp4", video, batch.cameras[k])
+        names = ["total", *(r.name for r in self.reward_set.rewards)] if self.reward_set is not None else []
+        if not names:
+            return {}
+        local = torch.stack([sums.get(name, torch.zeros(2)) for name in names]).to(accelerator.device)
+        total = accelerator.reduce(local, "sum").cpu()
+        return {f"eval/reward/{name}": float(s / n) if n else math.nan for name, (s, n) in zip(names, total.tolist())}
+
+    def write_sample(self, path: Path, video: torch.Tensor, cameras: Cameras) -> Path:
+        """``video (T, 3, H, W)`` as an mp4 with its commanded camera path and, where a reward of the set can
+        estimate cameras (``estimate_trajectory``, as ``pose_consistency`` does), the estimated one."""
+        cam_from_world, intrinsics = cameras.cam_from_world[0], cameras.intrinsics[0]
+        paths = {"commanded": cam_from_world}
+        rewards = self.reward_set.rewards if self.reward_set is not None else []
+        estimator = next((r for r in rewards if hasattr(r, "estimate_trajectory")), None)
+        if estimator is not None:
+            estimated = estimator.estimate_trajectory(video, cam_from_world, intrinsics)
+            if estimated is not None:
+                paths["estimated"] = estimated
+        return write_video(path, camera_path_video(video, paths))
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """A snapshot of the trained weights by the policy's checkpoint keys, whole and on the CPU (sharded
+        weights are gathered: every process must call this)."""
+        return {key: self.backend.full_tensor(param.detach()).to("cpu", copy=True).contiguous()
+                for key, param in self.policy.trained_parameters().items()}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
+        unexpected key is an error naming it."""
+        params = self.policy.trained_parameters()
+        missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
+        if missing or unexpected:
+            raise KeyError(f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
+                           f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        with torch.no_grad():
+            for key, value in state.items():
+                self.backend.load_tensor(params[key], value)
+        self.backend.loaded()
+
+    def save_checkpoint(self) -> Path:
+        """Writes ``checkpoint-<step>`` atomically (``lyra_rl.training.checkpoint``): the trained weights as the
+        policy saves them and the training state, all whole, so a run resumes on any number of processes."""
+        trained, optimizer = self.trained_state_dict(), self.backend.optimizer_state_dict()  # collectives
+        final = self.output_dir / f"checkpoint-{self.step}"
+        if self.accelerator.is_main_process:
+            def write(folder: Path) -> None:
+                self.policy.save_trained_weights(folder, trained)
+                torch.save({"optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(), "step": self.step,
+                            "history": self.history, "rng": rng_state(), "config": asdict(self.config)},
+                           folder / TRAINER_STATE)
+
+            write_checkpoint(self.output_dir, self.step, write)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Continues from what :meth:`save_checkpoint` wrote: weights, optimizer and schedule, step, history, RNGs."""
+        trainer_state = read_trainer_state(path)  # first: a file that does not load leaves the weights as they were
+        self.load_trained_state_dict(self.policy.read_trained_weights(path))
+        self.backend.load_optimizer_state_dict(trainer_state["optimizer"])
+        self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+        self.step, self.history = trainer_state["step"], trainer_state["history"]
+        set_rng_state(trainer_state["rng"])

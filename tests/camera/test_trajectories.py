@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from lyra_rl.camera import DIRECTIONS, camera_centers, invert_pose, trajectory_preset
+
+
+def forward_axis(cam_from_world):
+    """World direction of the camera's +z axis, (T, 3)."""
+    return invert_pose(cam_from_world)[:, :3, 2]
+
+
+class TestPresets:
+    @pytest.mark.parametrize("direction", DIRECTIONS)
+    @pytest.mark.parametrize("num_frames", [2, 16, 81])
+    def test_shape_and_identity_start(self, direction, num_frames):
+        traj = trajectory_preset(direction, num_frames)
+        assert traj.shape == (num_frames, 4, 4)
+        torch.testing.assert_close(traj[0], torch.eye(4))
+        torch.testing.assert_close(traj[:, :3, :3] @ traj[:, :3, :3].transpose(1, 2), torch.eye(3).expand(num_frames, 3, 3), atol=1e-6, rtol=0)
+
+    def test_forward_moves_along_plus_z(self):
+        centers = camera_centers(trajectory_preset("forward", 16, distance=1.5))
+        torch.testing.assert_close(centers[-1], torch.tensor([0.0, 0.0, 1.5]), atol=1e-6, rtol=0)
+        assert (centers[1:, 2] > centers[:-1, 2]).all()
+
+    def test_left_yaws_left_in_place(self):
+        traj = trajectory_preset("left", 16, angle_degrees=40)
+        assert camera_centers(traj).abs().max() < 1e-6
+        heading = forward_axis(traj)[-1]
+        assert heading[0] < 0  # looks towards -x: left in OpenCV axes
+        assert math.isclose(math.degrees(math.atan2(-heading[0], heading[2])), 40, abs_tol=1e-4)
+
+    def test_right_mirrors_left(self):
+        left, right = trajectory_preset("left", 9), trajectory_preset("right", 9)
+        assert forward_axis(right)[-1, 0] > 0
+        torch.testing.assert_close(forward_axis(left)[:, 0], -forward_axis(right)[:, 0])
+
+    @pytest.mark.parametrize("direction, side", [("forward_left", -1), ("forward_right", 1)])
+    def test_arcs_turn_and_drift_to_their_side(self, direction, side):
+        traj = trajectory_preset(direction, 16)
+        centers = camera_centers(traj)
+        assert centers[-1, 2] > 1.0
+        assert torch.sign(centers[-1, 0]) == side
+        assert torch.sign(forward_axis(traj)[-1, 0]) == side
+
+    def test_s_curve_changes_lane_and_recovers_heading(self):
+        traj = trajectory_preset("s_curve", 33, angle_degrees=40)
+        centers, heading = camera_centers(traj), forward_axis(traj)
+        assert centers[-1, 0] < -0.05 and centers[-1, 2] > 1.0
+        torch.testing.assert_close(heading[-1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+        assert heading[16, 0] < -0.3  # heading swung left at the middle
+
+    def test_left_right_sweeps_and_returns(self):
+        traj = trajectory_preset("left_right", 17, angle_degrees=40)
+        yaw = torch.rad2deg(torch.atan2(-forward_axis(traj)[:, 0], forward_axis(traj)[:, 2]))
+        assert math.isclose(float(yaw[8]), 20.0, abs_tol=1e-4)
+        assert abs(float(yaw[-1])) < 1e-4
+        assert camera_centers(traj).abs().max() < 1e-6
+
+    def test_unknown_direction_lists_known_ones(self):
+        with pytest.raises(ValueError, match="forward_left"):
+            trajectory_preset("backwards", 8)
+
