@@ -22,8 +22,8 @@ def load_recipe(name):
     return module
 
 
-@pytest.mark.parametrize("recipe, field", [("grpo", "--prompt_embeddings"), ("encode_prompts", "--negative_prompt"),
-                                           ("score_procedural", "--num_scenes")])
+@pytest.mark.parametrize("recipe, field", [("grpo", "--prompt_embeddings"), ("sft", "--train_micro_batch_size"),
+                                           ("encode_prompts", "--negative_prompt"), ("score_procedural", "--num_scenes")])
 def test_every_recipe_documents_its_arguments(recipe, field):
     out = subprocess.run([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -117,4 +117,14 @@ def test_grpo_config_from_yaml_with_command_line_overrides():
     assert config.max_steps == 3 and reward_config.rewards == ["pose_consistency"] and reward_config.reward_weights == [0.5]
     with pytest.raises(ValueError, match="num_frames"):  # the policy's size rules run on the parsed values
         parse_args(["--config", yaml_file, "--num_frames", "16"])
+
+
+def test_sft_recipe_from_its_config(tmp_path, capsys):
+    sft = load_recipe("sft")
+    configs = sft.parse_args(["--config", str(ROOT / "recipes" / "configs" / "sft_tiny.yaml"), "--output_dir", str(tmp_path),
+                              "--max_steps", "2", "--save_steps", "2", "--eval_sampling_steps", "2"])
+    assert configs[1].rewards == [] and configs[2].conditions_per_step == 4
+    history = sft.main(*configs)
+    assert len(history) == 2 and (tmp_path / "loss_curve.png").is_file() and (tmp_path / "samples" / "step-2-1.mp4").is_file()
+    assert "Wrote " in capsys.readouterr().out
 

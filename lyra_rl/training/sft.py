@@ -1,0 +1,67 @@
+"""Action-conditioned SFT: flow matching of a camera-conditioned policy on (video, camera trajectory, prompt).
+
+One step: conditions with their true videos -> the latents the policy generates for them (its targets) ->
+noise and training times from the seed, the step and global indices (the sampler's shifted schedule) ->
+``x_t`` and the velocity target ``eps - x0`` -> the policy's velocity, the flow-matching loss, in
+micro-batches -> an optimizer step of the backend. The math lives in ``lyra_rl.algorithms.sft``; the
+machinery (checkpoints, ``--resume``, evaluation, logging) in :class:`Trainer`. The trained weights are
+whatever the policy trains: the whole DiT (``train_transformer``), LoRA adapters and/or camera modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..algorithms.sft import flow_matching_loss, noised_sample, shifted_timesteps
+from ..rollout import micro_batches
+from .config import TrainingConfig
+from .metrics import MicroBatchMetrics, reduce_metrics, timed_phase
+from .trainer import Trainer, seeded
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    """SFT's arguments: :class:`TrainingConfig`'s (``shift`` also sets the training times' distribution)."""
+
+    output_dir: str = field(default="outputs/sft", metadata={"help": "Run folder: checkpoints, logs, samples."})
+
+
+class SFTTrainer(Trainer):
+    """Runs :class:`SFTConfig` on a policy and its trained weights; the reward set scores held-out samples."""
+
+    name = "SFT"
+    trains_on_videos = True
+    curve = ("loss_curve.png", "loss", "flow-matching loss")
+
+    def progress_postfix(self, logged: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{logged['loss']:.4f}"}
+
+    def training_step(self) -> dict[str, float]:
+        config, policy, device = self.config, self.policy, self.accelerator.device
+        timings: dict[str, float] = {}
+        with timed_phase("conditions", timings):
+            batch = self.conditions(self.step_indices())
+            cond, _ = self.policy_conditions(batch)
+            x0 = policy.generated_latents(batch.videos.to(device)).float()
+            noise, t = self.noise_and_timesteps(batch.ids)
+            x_t, target = noised_sample(x0, noise.to(device), t.to(device))
+        metrics: MicroBatchMetrics = {}
+        with timed_phase("update", timings):
+            for part in micro_batches(len(x0), config.train_micro_batch_size):
+                with self.autocast():
+                    velocity = policy.velocity(x_t[part], t[part].to(device), cond[part])
+                loss = flow_matching_loss(velocity, target[part])
+                share = (part.stop - part.start) / len(x0)
+                self.backend.backward(loss * share)
+                metrics.setdefault("loss", []).append((float(loss.detach()), share))
+            grad_norm = self.optimizer_step()
+        return {**reduce_metrics(self.accelerator, metrics), **timings, "grad_norm": float(grad_norm)}
+
+    def noise_and_timesteps(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``(B, C, T', H', W')`` and training times ``(B,)`` from the seed, the step and global indices only."""
+        generators = [seeded(self.config.seed, 5, self.step, int(i)) for i in ids]
+        noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators])
+        t = torch.cat([shifted_timesteps(1, self.config.shift, generator=g) for g in generators])
+        return noise, t
