@@ -1,6 +1,8 @@
 """``lyra-rl`` command line: score any video against a commanded camera trajectory.
 
     lyra-rl score VIDEO --direction forward [--fov 70 | --intrinsics fx fy cx cy] [--rewards ...]
+    lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # camera metrics and rewards
+    lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
     lyra-rl rewards                       # list the registered reward plugins
     lyra-rl plot-presets OUT.png          # the seven presets drawn from above
 """
@@ -16,7 +18,10 @@ from pathlib import Path
 
 import torch
 
+from tqdm import tqdm
+
 from .camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory
+from .evaluate import compare, comparison_table, evaluate_videos, markdown_table, summarize, write_evaluation
 from .reward import RewardSet, available_rewards, resolve_reward_class
 from .video import plot_trajectories, read_video
 
@@ -61,16 +66,60 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Every video of a folder against its commanded path: ``<stem>.direction`` beside it (a preset name or a
+    trajectory file, relative to the folder), else ``--direction``; the reference ``<stem>.mp4`` of
+    ``--references`` where given."""
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".mp4", ".webm", ".mov", ".avi"))
+    if not paths:
+        raise ValueError(f"no videos (*.mp4) in {args.folder}")
+    directions = {}
+    for path in paths:  # every input checked before any work
+        file = path.with_suffix(".direction")
+        direction = file.read_text().strip() if file.is_file() else args.direction
+        if direction is None:
+            raise ValueError(f"{path}: no {file.name} beside it and no --direction given")
+        directions[path] = direction if direction in DIRECTIONS else str(args.folder / direction)
+        if args.references is not None and not (args.references / path.name).is_file():
+            raise FileNotFoundError(f"{path}: no reference {args.references / path.name}")
+    rows = []
+    with RewardSet.from_names(args.rewards) as reward_set:
+        for path in tqdm(paths, desc="evaluate"):
+            video, _ = read_video(path)
+            num_frames, _, height, width = video.shape
+            trajectory = get_trajectory(directions[path], num_frames, distance=args.distance, angle_degrees=args.angle)
+            cameras = Cameras.from_trajectory(trajectory, _intrinsics(args, height, width))
+            reference = read_video(args.references / path.name, num_frames)[0][None] if args.references else None
+            (row,), (estimated,) = evaluate_videos(video[None], cameras, [""], reward_set, reference)
+            rows.append({"video": path.name, **row})
+            paths_drawn = {"commanded": trajectory, **({"estimated": estimated} if estimated is not None else {})}
+            plot_trajectories(paths_drawn, args.out / "trajectories" / f"{path.stem}.png", path.name)
+    print(f"Wrote {write_evaluation(rows, args.out)}, evaluation.md, trajectories/*.png")
+    print(markdown_table(summarize(rows)))
+    return 0
+
+
+def compare_evaluations(args: argparse.Namespace) -> int:
+    before, after = (json.loads(path.read_text())["videos"] for path in (args.before, args.after))
+    print(comparison_table(compare(before, after)))
+    return 0
+
+
+def add_camera_arguments(p: argparse.ArgumentParser) -> None:
+    """The commanded camera's options: a preset's size, the field of view or pixel intrinsics."""
+    p.add_argument("--distance", type=float, default=1.5, help="preset: total forward distance (trajectory units)")
+    p.add_argument("--angle", type=float, default=40.0, help="preset: total yaw in degrees")
+    p.add_argument("--fov", type=float, default=70.0, help="horizontal field of view in degrees, if no --intrinsics")
+    p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="pixel intrinsics")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lyra-rl", description="3D-aware rewards for camera-controlled video")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("score", help="score a video against a commanded camera trajectory")
     p.add_argument("video", type=Path, help="an mp4 (or any format ffmpeg reads)")
     p.add_argument("--direction", required=True, help=f"a preset ({', '.join(DIRECTIONS)}) or a trajectory file")
-    p.add_argument("--distance", type=float, default=1.5, help="preset: total forward distance (trajectory units)")
-    p.add_argument("--angle", type=float, default=40.0, help="preset: total yaw in degrees")
-    p.add_argument("--fov", type=float, default=70.0, help="horizontal field of view in degrees, if no --intrinsics")
-    p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="pixel intrinsics")
+    add_camera_arguments(p)
     p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names or module:Class paths")
     p.add_argument("--method", choices=("auto", "sift", "kornia_sift", "flow"),
                    help="correspondences of the geometric rewards (default: their own, auto)")
@@ -78,6 +127,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="score only the first N frames")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=score)
+    p = commands.add_parser("evaluate", help="camera accuracy and rewards of a folder of videos")
+    p.add_argument("folder", type=Path, help="videos, each with an optional <stem>.direction (preset or trajectory file)")
+    p.add_argument("--out", type=Path, required=True, help="folder for evaluation.json, evaluation.md, trajectories/")
+    p.add_argument("--direction", help="the commanded path of videos without a .direction file")
+    p.add_argument("--references", type=Path, help="a folder of reference videos of the same names (PSNR)")
+    add_camera_arguments(p)
+    p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names (pose_consistency first)")
+    p.set_defaults(run=evaluate)
+    p = commands.add_parser("compare", help="two evaluations (before / after) side by side, with deltas")
+    p.add_argument("before", type=Path, help="evaluation.json")
+    p.add_argument("after", type=Path, help="evaluation.json")
+    p.set_defaults(run=compare_evaluations)
     p = commands.add_parser("rewards", help="list the registered reward plugins")
     p.set_defaults(run=lambda args: print("\n".join(available_rewards())) or 0)
     p = commands.add_parser("plot-presets", help="draw the seven presets from above into a PNG")

@@ -1,0 +1,119 @@
+"""``lyra-rl evaluate``: how well videos follow their commanded cameras and how 3D-consistent they are.
+
+Per video: the camera path estimated from its frames (by the first reward of the set that estimates paths,
+``pose_consistency``'s ``estimate_trajectory``) against the commanded one, as CamI2V (``rot_err`` in radians,
+``trans_err``, ``cam_mc``, summed over frames) and WorldScore (``rot_err_deg``, ``trans_err_scaled``,
+``camera_control``) report it (:func:`lyra_rl.camera.trajectory_errors`); every reward of the set
+(``reward/<name>``, ``failed/<name>``; Sampson error and friends among ``diagnostics/...``); and, where a
+reference video exists (the true render of a procedural condition), ``psnr`` to it. A video whose path
+cannot be estimated gets NaN camera metrics and ``camera_failed = 1``.
+
+Rows are aggregated per metric (mean, std, count of finite values) and written as JSON and a Markdown
+table; two evaluations (before / after training) are compared with their deltas and, when rows carry a
+``seed``, the spread of the per-seed deltas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .camera import Cameras, trajectory_errors
+from .reward import RewardSet
+
+CAMERA_METRICS = ("rot_err", "trans_err", "cam_mc", "rot_err_deg", "trans_err_scaled", "camera_control")
+
+
+def psnr(video: Tensor, reference: Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of ``video`` against ``reference`` (both ``(T, 3, H, W)`` in [0, 1])."""
+    mse = float((video.float() - reference.float()).square().mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def evaluate_videos(videos: Tensor, cameras: Cameras, prompts: Sequence[str], reward_set: RewardSet,
+                    references: Tensor | None = None) -> tuple[list[dict[str, float]], list[Tensor | None]]:
+    """Scores videos ``(B, T, 3, H, W)`` in [0, 1] against their commanded ``cameras`` (see the module).
+
+    Returns:
+        one row of metrics per video, and the estimated paths ``(T, 4, 4)`` (``None`` where none was found).
+    """
+    scores = reward_set(videos, cameras, prompts)
+    estimator = next((r for r in reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
+    if estimator is None:
+        raise ValueError("evaluation estimates camera paths with a reward that has estimate_trajectory "
+                         "(pose_consistency): add it to the rewards")
+    rows, paths = [], []
+    for k in range(len(videos)):
+        commanded = cameras.cam_from_world[k]
+        estimated = estimator.estimate_trajectory(videos[k], commanded, cameras.intrinsics[k])
+        row = dict.fromkeys(CAMERA_METRICS, math.nan) if estimated is None else asdict(trajectory_errors(estimated, commanded))
+        row["camera_failed"] = float(estimated is None)
+        row.update({f"reward/{name}": float(values[k]) for name, values in scores.rewards.items()})
+        row.update({f"failed/{name}": float(values[k]) for name, values in scores.failed.items()})
+        row.update({f"diagnostics/{name}": float(values[k]) for name, values in scores.diagnostics.items()})
+        row["reward/total"] = float(scores.total[k])
+        if references is not None:
+            row["psnr"] = psnr(videos[k], references[k])
+        rows.append(row)
+        paths.append(estimated)
+    return rows, paths
+
+
+def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: ``mean`` and ``std`` over the rows where it is finite, and their ``count``."""
+    summary = {}
+    for name in dict.fromkeys(k for row in rows for k in row if k not in ("video", "seed")):
+        values = torch.tensor([row[name] for row in rows if name in row], dtype=torch.float64)
+        finite = values[torch.isfinite(values)]
+        std = float(finite.std()) if len(finite) > 1 else 0.0
+        summary[name] = {"mean": float(finite.mean()) if len(finite) else math.nan, "std": std, "count": len(finite)}
+    return summary
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+    """``summarize``'s result as a Markdown table (metric, mean ± std, count)."""
+    lines = ["| metric | mean ± std | n |", "|---|---|---|"]
+    lines += [f"| `{name}` | {s['mean']:.4g} ± {s['std']:.2g} | {s['count']} |" for name, s in summary.items()]
+    return "\n".join(lines)
+
+
+def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: the means before and after, their ``delta`` and ``relative`` change, and, with rows that
+    carry a ``seed``, ``delta_std``: the std of the per-seed deltas (the spread a result must beat)."""
+    b, a = summarize(before), summarize(after)
+    seeds = sorted({row["seed"] for row in [*before, *after] if "seed" in row})
+    table = {}
+    for name in [n for n in b if n in a]:
+        delta = a[name]["mean"] - b[name]["mean"]
+        per_seed = [summarize([r for r in after if r.get("seed") == s])[name]["mean"]
+                    - summarize([r for r in before if r.get("seed") == s])[name]["mean"] for s in seeds]
+        per_seed = torch.tensor([d for d in per_seed if math.isfinite(d)], dtype=torch.float64)
+        table[name] = {"before": b[name]["mean"], "after": a[name]["mean"], "delta": delta,
+                       "relative": delta / abs(b[name]["mean"]) if b[name]["mean"] else math.nan,
+                       "delta_std": float(per_seed.std()) if len(per_seed) > 1 else math.nan}
+    return table
+
+
+def comparison_table(comparison: dict[str, dict[str, float]]) -> str:
+    """``compare``'s result as a Markdown table."""
+    lines = ["| metric | before | after | delta (± over seeds) | relative |", "|---|---|---|---|---|"]
+    for name, c in comparison.items():
+        spread = "" if math.isnan(c["delta_std"]) else f" ± {c['delta_std']:.2g}"
+        lines.append(f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} |")
+    return "\n".join(lines)
+
+
+def write_evaluation(rows: Sequence[dict], output_dir: str | Path) -> Path:
+    """``evaluation.json`` (the rows and their summary) and ``evaluation.md`` in ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows)
+    (output_dir / "evaluation.json").write_text(json.dumps({"summary": summary, "videos": list(rows)}, indent=1))
+    (output_dir / "evaluation.md").write_text(f"# Evaluation ({len(rows)} videos)\n\n{markdown_table(summary)}\n")
+    return output_dir / "evaluation.json"
