@@ -75,7 +75,11 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     for k in range(3):
         iio.imwrite(folder / f"{k}.png", np.random.default_rng(k).integers(0, 255, (32, 48, 3), dtype=np.uint8))
         (folder / f"{k}.txt").write_text(f"scene {k}")
-    encode, grpo = load_recipe("encode_prompts"), load_recipe("grpo")
+    from lyra_rl.training import GRPOConfig, GRPOTrainer, RewardConfig
+    from policies import PolicyConfig
+    from policies.training import run_training
+
+    encode = load_recipe("encode_prompts")
     path = encode.main(encode.EncodePromptsConfig(conditions=str(folder), negative_prompt="blurry", output=str(tmp_path / "p.safetensors")))
     assert sorted(load_prompt_embeddings(path)) == ["blurry", "scene 0", "scene 1", "scene 2"]
 
@@ -87,12 +91,12 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
         return policy
 
     monkeypatch.setattr(WanCameraPolicy, "from_config", without_text_encoder)
-    policy_config = grpo.PolicyConfig(prompt_embeddings=str(path), gradient_checkpointing=True,
+    policy_config = PolicyConfig(prompt_embeddings=str(path), gradient_checkpointing=True,
                                       lora_target_modules=["to_q", "ffn.net.2"])
-    config = grpo.GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), max_steps=1, guidance_scale=2.0,
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), conditions=str(folder), max_steps=1, guidance_scale=2.0,
                              negative_prompt="blurry", num_sampling_steps=2, conditions_per_step=1, num_generations=2,
                              eval_conditions=1, eval_sampling_steps=2)
-    history = grpo.main(policy_config, grpo.RewardConfig(rewards=["grpo_helpers:Brightness"]), config)
+    history = run_training(GRPOTrainer, policy_config, RewardConfig(rewards=["grpo_helpers:Brightness"]), config)
     lora = load_file(tmp_path / "run" / "checkpoint-1" / "pytorch_lora_weights.safetensors")
     assert len(history) == 1 and {re.sub(r".*\.(to_q|ffn\.net\.2)\.lora_[AB]\.weight", r"\1", k) for k in lora} == {"to_q", "ffn.net.2"}
     assert (tmp_path / "run" / "samples" / "step-1-0.mp4").is_file() and (tmp_path / "run" / "reward_curve.png").is_file()
@@ -104,12 +108,20 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
 def test_grpo_configs_parse(name):
     from policies.wan_camera import CAMERA_LAYOUTS, TRANSFORMER_CONFIGS
 
-    policy_config, _, _ = load_recipe("grpo").parse_args(["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml")])
+    from lyra_rl.training import GRPOConfig
+    from policies.training import parse_configs
+
+    policy_config, _, _ = parse_configs(GRPOConfig, ["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml")])
     assert policy_config.policy in TRANSFORMER_CONFIGS and policy_config.camera_layout in CAMERA_LAYOUTS
 
 
 def test_grpo_config_from_yaml_with_command_line_overrides():
-    parse_args = load_recipe("grpo").parse_args
+    from lyra_rl.training import GRPOConfig
+    from policies.training import parse_configs
+
+    def parse_args(args):
+        return parse_configs(GRPOConfig, args)
+
     yaml_file = str(ROOT / "recipes" / "configs" / "grpo_tiny.yaml")
     policy_config, reward_config, config = parse_args(
         ["--config", yaml_file, "--max_steps", "3", "--rewards", "pose_consistency", "--reward_weights", "0.5"])
@@ -120,11 +132,13 @@ def test_grpo_config_from_yaml_with_command_line_overrides():
 
 
 def test_sft_recipe_from_its_config(tmp_path, capsys):
-    sft = load_recipe("sft")
-    configs = sft.parse_args(["--config", str(ROOT / "recipes" / "configs" / "sft_tiny.yaml"), "--output_dir", str(tmp_path),
+    from lyra_rl.training import SFTConfig, SFTTrainer
+    from policies.training import parse_configs, run_training
+
+    configs = parse_configs(SFTConfig, ["--config", str(ROOT / "recipes" / "configs" / "sft_tiny.yaml"), "--output_dir", str(tmp_path),
                               "--max_steps", "2", "--save_steps", "2", "--eval_sampling_steps", "2"])
     assert configs[1].rewards == [] and configs[2].conditions_per_step == 4
-    history = sft.main(*configs)
+    history = run_training(SFTTrainer, *configs)
     assert len(history) == 2 and (tmp_path / "loss_curve.png").is_file() and (tmp_path / "samples" / "step-2-1.mp4").is_file()
     assert "Wrote " in capsys.readouterr().out
 

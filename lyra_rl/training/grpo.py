@@ -60,8 +60,10 @@ class GRPOTrainer(Trainer):
 
     name = "GRPO"
 
-    def __init__(self, config: GRPOConfig, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
+    def __init__(self, config: GRPOConfig, policy, reward_set, accelerator=None):
+        if reward_set is None:
+            raise ValueError("GRPO needs rewards to rank its rollouts: set rewards (e.g. --rewards pose_consistency)")
+        super().__init__(config, policy, reward_set, accelerator)
         self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
 
     def samples_per_process(self) -> int:
