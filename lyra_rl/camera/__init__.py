@@ -33,7 +33,7 @@ from .poses import (
     skew,
     yaw_matrix,
 )
-from .trajectories import DIRECTIONS, get_trajectory, trajectory_preset
+from .trajectories import DIRECTIONS, get_trajectory, random_trajectory, trajectory_preset
 
 __all__ = [
     "DIRECTIONS",
@@ -53,6 +53,7 @@ __all__ = [
     "opengl_to_opencv",
     "optimal_scale",
     "pairwise_pose_errors",
+    "random_trajectory",
     "relative_pose",
     "relative_to_first",
     "resample_trajectory",

@@ -1,4 +1,5 @@
-"""The seed's seven camera trajectory presets, and :func:`get_trajectory` (a preset or a file).
+"""The seed's seven camera trajectory presets, random smooth trajectories as MultiCamVideo builds them, and
+:func:`get_trajectory` (a preset or a file).
 
 Convention:
     See :mod:`lyra_rl.camera` (OpenCV axes, ``cam_from_world`` extrinsics, frame 0 = identity,
@@ -14,9 +15,9 @@ import torch
 from torch import Tensor
 
 from .converters import load_trajectory
-from .poses import invert_pose, make_pose, yaw_matrix
+from .poses import axis_angle_to_matrix, invert_pose, make_pose, yaw_matrix
 
-__all__ = ["DIRECTIONS", "get_trajectory", "trajectory_preset"]
+__all__ = ["DIRECTIONS", "get_trajectory", "random_trajectory", "trajectory_preset"]
 
 DIRECTIONS = ("forward", "left", "right", "forward_left", "forward_right", "s_curve", "left_right")
 
@@ -70,6 +71,49 @@ def trajectory_preset(
         mid_heading = yaw_matrix((yaw[k - 1] + yaw[k]) / 2)[:, 2]
         centers[k] = centers[k - 1] + step * mid_heading
     world_from_cam = make_pose(world_from_cam_rot, centers)
+    return invert_pose(world_from_cam).float()
+
+
+def random_trajectory(num_frames: int, generator: torch.Generator, *, distance: float = 1.5,
+                      angle_degrees: float = 40.0) -> Tensor:
+    """A random smooth camera path as MultiCamVideo builds its random ones, as ``cam_from_world (T, 4, 4)``.
+
+    One to three waypoints after the start (each a camera center ahead of the start, up to ``distance`` away,
+    and a heading: yaw within ``+-angle_degrees``, pitch within a quarter of it), joined by a polyline that is
+    smoothed (a moving average over a fifth of its length), then travelled at constant speed or, with
+    probability 1/2, with MultiCamVideo's variable-speed profile ``(1 - exp(-a i / f)) / (1 - exp(-a))``
+    (``f = T - 1``, ``a`` in [0.5, 4]: fast first, slowing down).
+
+    Convention:
+        Frame 0 is the identity (the start: center 0, heading 0); see :mod:`lyra_rl.camera`.
+    """
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2, got {num_frames}")
+
+    def uniform(*shape: int) -> Tensor:
+        return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+    count = int(torch.randint(1, 4, (1,), generator=generator))
+    angle = math.radians(angle_degrees)
+    centers = torch.stack([(uniform(count) - 0.5) * distance, (uniform(count) - 0.5) * 0.2 * distance,
+                           uniform(count).cumsum(0) / count * distance], dim=1)
+    headings = torch.stack([(2 * uniform(count) - 1) * angle, (2 * uniform(count) - 1) * angle / 4], dim=1)
+    waypoints = torch.cat([torch.zeros(1, 5, dtype=torch.float64), torch.cat([centers, headings], dim=1)])
+    dense = torch.nn.functional.interpolate(waypoints.T[None], size=101, mode="linear", align_corners=True)[0]
+    window = 21
+    padded = torch.cat([dense[:, :1].expand(-1, window // 2), dense, dense[:, -1:].expand(-1, window // 2)], dim=1)
+    smooth = padded.unfold(1, window, 1).mean(-1)
+    smooth = smooth - smooth[:, :1]  # the start stays the identity
+    progress = torch.linspace(0, 1, num_frames, dtype=torch.float64)
+    if float(uniform(1)) < 0.5:
+        a = 0.5 + 3.5 * float(uniform(1))
+        progress = (1 - torch.exp(-a * progress)) / (1 - math.exp(-a))
+    position = progress * 100
+    low = position.floor().long().clamp(max=99)
+    weight = position - low
+    path = (smooth[:, low] * (1 - weight) + smooth[:, low + 1] * weight).T  # (T, 5)
+    pitch = axis_angle_to_matrix(torch.stack([path[:, 4], torch.zeros_like(path[:, 4]), torch.zeros_like(path[:, 4])], -1))
+    world_from_cam = make_pose(yaw_matrix(path[:, 3]) @ pitch, path[:, :3])
     return invert_pose(world_from_cam).float()
 
 

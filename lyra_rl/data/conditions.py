@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory, trajectory_preset
+from ..camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory, random_trajectory, trajectory_preset
 from .renderer import render
 from .scenes import DEFAULT_NUM_BOXES, make_scene
 
@@ -51,25 +51,37 @@ class ConditionBatch:
                               cameras, self.ids.repeat_interleave(times), videos)
 
 
+#: How procedural conditions command their cameras: the seven presets in turn, or random smooth paths.
+CAMERA_PATHS = ("presets", "random")
+RANDOM_PATH = "random_path"
+
+
 def procedural_prompt(num_boxes: int, direction: str) -> str:
     return f"a room with {num_boxes} boxes; the camera moves {direction.replace('_', ' ')}"
 
 
 def procedural_prompts() -> list[str]:
     """Every prompt :func:`procedural_conditions` can give (to precompute their embeddings)."""
-    return [procedural_prompt(n, d) for n in DEFAULT_NUM_BOXES for d in DIRECTIONS]
+    return [procedural_prompt(n, d) for n in DEFAULT_NUM_BOXES for d in (*DIRECTIONS, RANDOM_PATH)]
 
 
 def procedural_conditions(seed: int, indices: list[int], num_frames: int, height: int, width: int,
-                          videos: bool = False) -> ConditionBatch:
-    """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, preset ``i mod 7``;
-    with ``videos``, each rendered along its whole trajectory too."""
+                          videos: bool = False, camera_paths: str = "presets") -> ConditionBatch:
+    """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, along preset
+    ``i mod 7`` or (``camera_paths="random"``) a random smooth path drawn from ``(seed, i)``
+    (:func:`~lyra_rl.camera.random_trajectory`); with ``videos``, each rendered along its whole path too."""
+    if camera_paths not in CAMERA_PATHS:
+        raise ValueError(f"camera_paths must be one of {CAMERA_PATHS}, got {camera_paths!r}")
     images, prompts, trajectories, renders = [], [], [], []
     K = default_intrinsics(height, width)
     for index in indices:
-        direction = DIRECTIONS[index % len(DIRECTIONS)]
         scene = make_scene(seed * 100_003 + index)
-        trajectory = trajectory_preset(direction, num_frames)
+        if camera_paths == "random":
+            direction = RANDOM_PATH
+            trajectory = random_trajectory(num_frames, torch.Generator().manual_seed(seed * 100_003 + index))
+        else:
+            direction = DIRECTIONS[index % len(DIRECTIONS)]
+            trajectory = trajectory_preset(direction, num_frames)
         frames = render(scene, trajectory if videos else trajectory[:1], K, height, width).frames
         images.append(frames[0])
         renders.append(frames)
@@ -150,13 +162,14 @@ class ConditionSource:
         held_out: how many held-out conditions evaluation uses.
         num_frames, height, width: the size of the videos conditioned on.
         videos: whether batches carry the true videos (SFT); only the procedural source has them.
+        camera_paths: the procedural source's paths: ``"presets"`` or ``"random"`` (see :func:`procedural_conditions`).
     """
 
     def __init__(self, conditions: str, seed: int, held_out: int, num_frames: int, height: int, width: int,
-                 videos: bool = False):
+                 videos: bool = False, camera_paths: str = "presets"):
         if videos and conditions != "procedural":
             raise ValueError(f"conditions {conditions!r} have no videos to train on: use 'procedural'")
-        self.seed, self.size, self.videos = seed, (num_frames, height, width), videos
+        self.seed, self.size, self.videos, self.camera_paths = seed, (num_frames, height, width), videos, camera_paths
         self.entries = self.held_out_entries = None
         if conditions != "procedural":
             entries = read_conditions(conditions)
@@ -169,5 +182,5 @@ class ConditionSource:
     def __call__(self, indices: list[int], held_out: bool = False) -> ConditionBatch:
         """The trained (or held-out) conditions with global indices ``indices``."""
         if self.entries is None:
-            return procedural_conditions(self.seed + held_out, indices, *self.size, videos=self.videos)
+            return procedural_conditions(self.seed + held_out, indices, *self.size, self.videos, self.camera_paths)
         return user_conditions(self.held_out_entries if held_out else self.entries, indices, *self.size)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.conditions import CAMERA_PATHS
 from ..reward import RewardSet
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -60,7 +61,7 @@ class RewardConfig:
 class TrainingConfig:
     """Arguments every trainer shares (names follow trl's where they mean the same).
 
-    > Data: conditions, num_frames, height, width, conditions_per_step (per process).
+    > Data: conditions, camera_paths, num_frames, height, width, conditions_per_step (per process).
     > Evaluation: eval_conditions, eval_sampling_steps (every save_steps), shift, guidance_scale, negative_prompt.
     > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed,
       mixed_precision, train_micro_batch_size.
@@ -69,6 +70,7 @@ class TrainingConfig:
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Run folder: checkpoints, logs, samples."})
     conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
+    camera_paths: str = field(default="presets", metadata={"help": "Procedural conditions' commanded paths: 'presets' (the seven in turn) or 'random' (smooth random paths, as MultiCamVideo's)."})
     num_frames: int = field(default=9, metadata={"help": "Frames per video (the policy's rule: Wan's is 4k+1)."})
     height: int = field(default=32, metadata={"help": "Frame height (the policy's rule: Wan's is a multiple of 16)."})
     width: int = field(default=48, metadata={"help": "Frame width (the policy's rule: Wan's is a multiple of 16)."})
@@ -100,3 +102,5 @@ class TrainingConfig:
             raise ValueError("eval_conditions must be >= 0 and eval_sampling_steps >= 1")
         if self.mixed_precision is not None:
             weight_dtype(self.mixed_precision)
+        if self.camera_paths not in CAMERA_PATHS:
+            raise ValueError(f"camera_paths must be one of {CAMERA_PATHS}, got {self.camera_paths!r}")

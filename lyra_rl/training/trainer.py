@@ -60,7 +60,8 @@ class Trainer:
         weight_dtype(self.accelerator.mixed_precision)  # the launch's precision, where accelerate's config set it
         self.latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)  # the policy's rules
         self.conditions = ConditionSource(config.conditions, config.seed, config.eval_conditions,
-                                          config.num_frames, config.height, config.width, self.trains_on_videos)
+                                          config.num_frames, config.height, config.width, self.trains_on_videos,
+                                          config.camera_paths)
         self.backend = distributed_backend(self.accelerator, policy, config.learning_rate, config.weight_decay,
                                            config.max_grad_norm, self.samples_per_process())
         self.optimizer = self.backend.optimizer

@@ -50,3 +50,25 @@ def test_image_folder_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "x.png"}))
     with pytest.raises(ValueError, match="missing"):
         read_conditions(tmp_path / "bad.jsonl")
+
+
+def test_random_camera_paths_are_smooth_reproducible_and_differ_per_condition():
+    import math
+
+    from lyra_rl.camera import camera_centers, random_trajectory, rotation_angle
+
+    batch = procedural_conditions(0, [3, 4], 9, 32, 48, camera_paths="random")
+    again = procedural_conditions(0, [4], 9, 32, 48, camera_paths="random")
+    assert torch.equal(batch.cameras.cam_from_world[1], again.cameras.cam_from_world[0])  # a function of (seed, i)
+    assert not torch.equal(batch.cameras.cam_from_world[0], batch.cameras.cam_from_world[1])
+    assert batch.prompts[0].endswith("random path")
+    for seed in range(20):
+        path = random_trajectory(17, torch.Generator().manual_seed(seed)).double()
+        assert torch.allclose(path[0], torch.eye(4, dtype=torch.float64), atol=1e-6)
+        centers = camera_centers(path)
+        steps = (centers[1:] - centers[:-1]).norm(dim=-1)
+        assert float(centers[-1, 2]) > 0 and float(steps.max()) < 0.5  # ahead of the start, no jumps
+        turns = rotation_angle(path[1:, :3, :3] @ path[:-1, :3, :3].transpose(-1, -2))
+        assert math.degrees(float(turns.max())) < 25  # no jumps, even on the fast first steps of variable speed
+    with pytest.raises(ValueError, match="camera_paths"):
+        procedural_conditions(0, [0], 9, 32, 48, camera_paths="spiral")
