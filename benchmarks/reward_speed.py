@@ -23,6 +23,7 @@ from lyra_rl.camera import Cameras
 from lyra_rl.fidelity import procedural_clips, ranking_auc
 from lyra_rl.reward import RewardSet
 from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
+from rewards.context import VideoContext
 from rewards.correspondences import VideoGeometry
 
 
@@ -39,8 +40,13 @@ SUITE_GAPS = (1, 4)
 
 def make_rewards(gaps: tuple[int, ...]) -> list:
     kwargs = {"method": "sift", "gaps": gaps}
-    return [PoseConsistencyReward(**kwargs), EpipolarReward(**kwargs), ReprojectionReward(**kwargs),
-            FeatureMatchingReward(**kwargs), PointCloudReward(**kwargs)]
+    return [
+        PoseConsistencyReward(**kwargs),
+        EpipolarReward(**kwargs),
+        ReprojectionReward(**kwargs),
+        FeatureMatchingReward(**kwargs),
+        PointCloudReward(**kwargs),
+    ]
 
 
 def score_suite(rewards: list, video: torch.Tensor, cameras: Cameras) -> dict[str, float]:
@@ -51,8 +57,10 @@ def score_naive(rewards: list, video: torch.Tensor, cameras: Cameras) -> dict[st
     scores = {}
     for reward in rewards:  # no sharing between rewards
         geometry = NaiveVideoGeometry(video, reward.correspondences)
-        cache = {("video_geometry", reward.correspondences): geometry}
-        scores[reward.name] = float(reward(video[None], cameras, [""], caches=[cache]).rewards[0])
+        context = VideoContext(
+            video, cameras.cam_from_world[0], cameras.intrinsics[0], {reward.correspondences: geometry}
+        )
+        scores[reward.name] = float(reward(video[None], cameras, [""], caches=[{VideoContext: context}]).rewards[0])
     return scores
 
 
@@ -82,7 +90,11 @@ def main() -> None:
     times = {"suite": [], "naive": []}
     for clip, variants in clips:
         cameras = Cameras.from_trajectory(clip.cam_from_world, clip.intrinsics)
-        for label, video in (("consistent", clip.video), ("broken", variants["wrong_trajectory"].video), ("broken", variants["frozen"].video)):
+        for label, video in (
+            ("consistent", clip.video),
+            ("broken", variants["wrong_trajectory"].video),
+            ("broken", variants["frozen"].video),
+        ):
             for name, rewards, fn in (("suite", suite, score_suite), ("naive", naive, score_naive)):
                 if name == "naive" and args.quick and times["naive"]:
                     continue  # --quick times the naive baseline on one video and skips its AUC
@@ -92,7 +104,9 @@ def main() -> None:
     per_video = {name: statistics.median(t) for name, t in times.items()}
     print(f"seconds per 16-frame 256x448 video (5 geometric rewards, median of {len(times['suite'])} videos):")
     print(f"  suite (shared features, gaps {SUITE_GAPS}): {per_video['suite']:.2f} s")
-    print(f"  naive (re-detect per pair, all {frames * (frames - 1) // 2} pairs, per reward): {per_video['naive']:.2f} s")
+    print(
+        f"  naive (re-detect per pair, all {frames * (frames - 1) // 2} pairs, per reward): {per_video['naive']:.2f} s"
+    )
     print(f"{'AUC (wrong trajectory + frozen)':34s} {'suite':>8s} {'naive':>8s}")
     for reward in suite:
         aucs = []
@@ -114,8 +128,10 @@ def main() -> None:
         with RewardSet(make_rewards(SUITE_GAPS), num_workers=workers) as reward_set:
             reward_set(videos[:workers], cameras[:workers], [""] * workers)  # start and warm the workers
             throughput[workers] = batch / timed(lambda: reward_set(videos, cameras, [""] * batch), repeats)
-    print(f"RewardSet throughput, batch of {batch}: 1 worker {throughput[1]:.2f} videos/s, "
-          f"2 workers {throughput[2]:.2f} videos/s, ratio {throughput[2] / throughput[1]:.2f}x")
+    print(
+        f"RewardSet throughput, batch of {batch}: 1 worker {throughput[1]:.2f} videos/s, "
+        f"2 workers {throughput[2]:.2f} videos/s, ratio {throughput[2] / throughput[1]:.2f}x"
+    )
     print(f"speedup={speedup:.1f}")
 
 

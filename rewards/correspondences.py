@@ -20,10 +20,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lyra_rl.reward import VideoReward
-
-from .two_view import CommandedCameras, get_commanded, moves_as_commanded
-
 
 @dataclass(frozen=True)
 class CorrespondenceConfig:
@@ -135,7 +131,10 @@ class VideoGeometry:
                 sift = cv2.SIFT_create(nfeatures=self.config.max_features)
                 keypoints, descriptors = sift.detectAndCompute(self.gray[i], None)
                 points = np.array([kp.pt for kp in keypoints], dtype=np.float64).reshape(-1, 2)
-                self._features[i] = (points, descriptors if descriptors is not None else np.zeros((0, 128), np.float32))
+                self._features[i] = (
+                    points,
+                    descriptors if descriptors is not None else np.zeros((0, 128), np.float32),
+                )
         return self._features[i]
 
     def _sift_matches(self, i: int, j: int) -> Matches:
@@ -169,8 +168,9 @@ class VideoGeometry:
                 step = 1 if j > i else -1
                 head, tail = self.flow(i, j - step), self.flow(j - step, j)
                 ys, xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
-                moved = cv2.remap(tail, xs + head[..., 0], ys + head[..., 1], cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_REPLICATE)
+                moved = cv2.remap(
+                    tail, xs + head[..., 0], ys + head[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                )
                 self._flows[i, j] = head + moved
         return self._flows[i, j]
 
@@ -189,67 +189,20 @@ class VideoGeometry:
         xs, ys = self._grid()
         forward = self.flow(i, j)[ys, xs].astype(np.float64)
         targets = np.stack([xs, ys], axis=1) + forward
-        backward = cv2.remap(self.flow(j, i), targets[:, 0].astype(np.float32)[:, None],
-                             targets[:, 1].astype(np.float32)[:, None], cv2.INTER_LINEAR).reshape(-1, 2)
+        backward = cv2.remap(
+            self.flow(j, i),
+            targets[:, 0].astype(np.float32)[:, None],
+            targets[:, 1].astype(np.float32)[:, None],
+            cv2.INTER_LINEAR,
+        ).reshape(-1, 2)
         round_trip = np.linalg.norm(forward + backward, axis=1)
-        inside = (targets[:, 0] >= 0) & (targets[:, 0] <= self.width - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= self.height - 1)
+        inside = (
+            (targets[:, 0] >= 0)
+            & (targets[:, 0] <= self.width - 1)
+            & (targets[:, 1] >= 0)
+            & (targets[:, 1] <= self.height - 1)
+        )
         textured = self.texture(i)[ys, xs] > self.config.min_texture
         keep = inside & textured & (round_trip < self.config.fb_threshold)
         ids = np.flatnonzero(keep)
         return Matches(np.stack([xs, ys], axis=1)[ids].astype(np.float64), targets[ids], ids.astype(np.int64))
-
-
-def get_geometry(video: Tensor, config: CorrespondenceConfig, cache: dict) -> VideoGeometry:
-    """The video's :class:`VideoGeometry` for ``config``, created once per cache (per video and reward set)."""
-    key = ("video_geometry", config)
-    if key not in cache:
-        cache[key] = VideoGeometry(video, config)
-    return cache[key]
-
-
-class GeometricReward(VideoReward):
-    """Base of the rewards that read shared correspondences and the commanded cameras.
-
-    Args:
-        method: see :class:`CorrespondenceConfig`; rewards of one set that agree on it share the same
-            features, flows and matches (whatever their gaps).
-        gaps: frame gaps of the scored pairs ``(i, i + g)``.
-        min_matches: pairs with fewer correspondences count as failed pairs.
-        max_failed_fraction: a video whose failed-pair fraction exceeds this gets the floor and a flag.
-        min_translation: commanded baselines shorter than this (trajectory units) count as pure rotations.
-        max_depth_over_path: the static-video guard assumes the scene is no deeper than this many times
-            the commanded path length (see ``two_view.moves_as_commanded``).
-    """
-
-    def __init__(
-        self,
-        method: str = "auto",
-        gaps: tuple[int, ...] = (1, 4),
-        min_matches: int = 20,
-        max_failed_fraction: float = 0.5,
-        min_translation: float = 1e-4,
-        max_depth_over_path: float = 10.0,
-    ):
-        if not gaps or min(gaps) < 1:
-            raise ValueError(f"gaps must be positive frame gaps, got {gaps}")
-        self.correspondences = CorrespondenceConfig(method=method)
-        self.gaps = tuple(gaps)
-        self.min_matches = min_matches
-        self.max_failed_fraction = max_failed_fraction
-        self.min_translation = min_translation
-        self.max_depth_over_path = max_depth_over_path
-
-    def geometry(self, video: Tensor, cache: dict) -> VideoGeometry:
-        return get_geometry(video, self.correspondences, cache)
-
-    def commanded(self, cam_from_world: Tensor, intrinsics: Tensor, cache: dict) -> CommandedCameras:
-        return get_commanded(cam_from_world, intrinsics, self.min_translation, cache)
-
-    def moves_as_commanded(self, geometry: VideoGeometry, commanded: CommandedCameras, i: int, j: int, cache: dict) -> bool:
-        """The static-video guard for pair ``(i, j)``, computed once per video for all rewards that agree."""
-        key = ("moves_as_commanded", geometry.config, commanded.min_translation, self.max_depth_over_path, i, j)
-        if key not in cache:
-            matches = geometry.matches(i, j)
-            max_depth = self.max_depth_over_path * max(commanded.path_length, 1e-9)
-            cache[key] = moves_as_commanded(commanded.pair(i, j), matches.points_i, matches.points_j, max_depth)
-        return cache[key]

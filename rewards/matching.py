@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from torch import Tensor
 
 from lyra_rl.reward import EstimationError
 
-from .correspondences import GeometricReward
-from .two_view import fundamental_inliers, grid_coverage
+from .correspondences import VideoGeometry
+from .geometric import GeometricReward, PairScore
+from .two_view import CommandedCameras, fundamental_inliers, grid_coverage
 
 
+@dataclass(eq=False)
 class FeatureMatchingReward(GeometricReward):
     """RANSAC inlier ratio, inlier count and spatial coverage across frame gaps (VBench-2.0's anchor).
 
@@ -32,57 +33,30 @@ class FeatureMatchingReward(GeometricReward):
 
     name = "feature_matching"
     floor = 0.0
+    reducers = {"inlier_ratio": np.mean, "inliers": np.mean, "coverage": np.mean}
 
-    def __init__(
-        self,
-        threshold_px: float = 1.0,
-        target_inliers: int = 150,
-        min_coverage: float = 0.5,
-        min_sharpness: float = 0.6,
-        **geometry_kwargs,
-    ):
-        super().__init__(**geometry_kwargs)
-        self.threshold_px = threshold_px
-        self.target_inliers = target_inliers
-        self.min_coverage = min_coverage
-        self.min_sharpness = min_sharpness
+    threshold_px: float = 1.0
+    target_inliers: int = 150
+    min_coverage: float = 0.5
+    min_sharpness: float = 0.6
 
-    def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
+    def score_pair(self, geometry: VideoGeometry, commanded: CommandedCameras, frames: tuple[int, ...]) -> PairScore:
+        matches = geometry.matches(*frames)
+        if len(matches) < self.min_matches:
+            raise EstimationError(f"fewer than {self.min_matches} matches")
+        inliers = fundamental_inliers(matches.points_i, matches.points_j, self.threshold_px * geometry.pixel_scale)
+        ratio, count = float(inliers.mean()), int(inliers.sum())
+        coverage = grid_coverage(matches.points_i[inliers], geometry.height, geometry.width)
         target = max(20.0, self.target_inliers * geometry.height * geometry.width / (256 * 448))
-        pairs = geometry.pairs(self.gaps)
-        scores, ratios, counts, coverages, failed, static = [], [], [], [], 0, 0
-        for i, j in pairs:
-            matches = geometry.matches(i, j)
-            try:
-                if len(matches) < self.min_matches:
-                    raise EstimationError("too few matches")
-                inliers = fundamental_inliers(matches.points_i, matches.points_j, self.threshold_px * geometry.pixel_scale)
-            except EstimationError:
-                failed += 1
-                scores.append(0.0)
-                continue
-            ratio, count = float(inliers.mean()), int(inliers.sum())
-            coverage = grid_coverage(matches.points_i[inliers], geometry.height, geometry.width)
-            score = ratio * min(1.0, count / target) * min(1.0, coverage / self.min_coverage)
-            if not self.moves_as_commanded(geometry, commanded, i, j, cache):
-                static += 1
-                score = 0.0
-            scores.append(score)
-            ratios.append(ratio)
-            counts.append(count)
-            coverages.append(coverage)
-        if failed > self.max_failed_fraction * len(pairs):
-            raise EstimationError(f"{failed}/{len(pairs)} pairs with fewer than {self.min_matches} matches")
-        sharpness = sharpness_ratio(geometry.gray)
-        return float(np.mean(scores)) * min(1.0, sharpness / self.min_sharpness), {
-            "sharpness": sharpness,
-            "inlier_ratio": float(np.mean(ratios)) if ratios else math.nan,
-            "inliers": float(np.mean(counts)) if counts else math.nan,
-            "coverage": float(np.mean(coverages)) if coverages else math.nan,
-            "failed_pairs": failed / len(pairs),
-            "static_pairs": static / len(pairs),
-        }
+        return PairScore(
+            ratio * min(1.0, count / target) * min(1.0, coverage / self.min_coverage),
+            {"inlier_ratio": ratio, "inliers": count, "coverage": coverage},
+        )
+
+    def finish(self, context, value, diagnostics, scored):
+        """Blurring the video away does not pay: the mean over pairs times the sharpness factor."""
+        sharpness = sharpness_ratio(context.geometry(self.correspondences).gray)
+        return value * min(1.0, sharpness / self.min_sharpness), {"sharpness": sharpness, **diagnostics}
 
 
 def sharpness_ratio(gray: np.ndarray) -> float:

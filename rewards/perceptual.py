@@ -33,7 +33,9 @@ def find_backbone_weights(net: str, path: str | None = None) -> Path | None:
     return cached if cached.is_file() else None
 
 
-def build_lpips(net: str = "alex", backbone_weights: str | None = None, allow_random_backbone: bool = False) -> lpips.LPIPS:
+def build_lpips(
+    net: str = "alex", backbone_weights: str | None = None, allow_random_backbone: bool = False
+) -> lpips.LPIPS:
     """LPIPS with its linear heads (shipped in the ``lpips`` package) and a locally loaded backbone.
 
     The ImageNet backbone cannot be downloaded here: it is read from ``backbone_weights`` or the torch hub

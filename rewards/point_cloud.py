@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,14 @@ from torch import Tensor
 from lyra_rl.camera import camera_centers
 from lyra_rl.reward import EstimationError
 
-from .correspondences import GeometricReward, VideoGeometry
+from .context import VideoContext
+from .correspondences import VideoGeometry
+from .geometric import CorrespondenceReward
 from .two_view import CommandedCameras, project, triangulate
 
 
-class PointCloudReward(GeometricReward):
+@dataclass(eq=False)
+class PointCloudReward(CorrespondenceReward):
     """Chamfer agreement of the point clouds triangulated from the first and second half of the video.
 
     In each half, the matches of every scored pair with a commanded baseline are triangulated with the
@@ -35,19 +39,14 @@ class PointCloudReward(GeometricReward):
     name = "point_cloud"
     floor = 0.0
 
-    def __init__(
-        self,
-        tau: float = 0.05,
-        min_points: int = 50,
-        max_depth_factor: float = 5.0,
-        export_dir: str | None = None,
-        **geometry_kwargs,
-    ):
-        super().__init__(**geometry_kwargs)
-        self.tau = tau
-        self.min_points = min_points
-        self.max_depth_factor = max_depth_factor
-        self.export_dir = Path(export_dir) if export_dir else None
+    tau: float = 0.05
+    min_points: int = 50
+    max_depth_factor: float = 5.0
+    export_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.export_dir = Path(self.export_dir) if self.export_dir else None
         self._exported = 0
 
     def _half_cloud(self, geometry: VideoGeometry, commanded: CommandedCameras, frames: range) -> np.ndarray | None:
@@ -75,7 +74,7 @@ class PointCloudReward(GeometricReward):
         return points[depths < self.max_depth_factor * np.median(depths)] if len(depths) else points
 
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
+        geometry, commanded = self.views(VideoContext.of(cache, video, cam_from_world, intrinsics))
         half = geometry.num_frames // 2
         clouds = [
             self._half_cloud(geometry, commanded, frames)
@@ -91,7 +90,9 @@ class PointCloudReward(GeometricReward):
             cloud, _ = cloud.remove_statistical_outlier(nb_neighbors=20, std_ratio=2.0)
             cleaned.append(cloud)
         a, b = cleaned
-        distances = np.concatenate([np.asarray(a.compute_point_cloud_distance(b)), np.asarray(b.compute_point_cloud_distance(a))])
+        distances = np.concatenate(
+            [np.asarray(a.compute_point_cloud_distance(b)), np.asarray(b.compute_point_cloud_distance(a))]
+        )
         points = np.concatenate([np.asarray(a.points), np.asarray(b.points)])
         origin = camera_centers(cam_from_world[0].double()).numpy()
         scale = float(np.median(np.linalg.norm(points - origin, axis=1)))
@@ -99,7 +100,9 @@ class PointCloudReward(GeometricReward):
         if self.export_dir is not None:
             self.export_dir.mkdir(parents=True, exist_ok=True)
             for part, cloud in zip("ab", cleaned):
-                o3d.io.write_point_cloud(str(self.export_dir / f"cloud_{os.getpid()}_{self._exported:04d}_{part}.ply"), cloud)
+                o3d.io.write_point_cloud(
+                    str(self.export_dir / f"cloud_{os.getpid()}_{self._exported:04d}_{part}.ply"), cloud
+                )
             self._exported += 1
         return math.exp(-relative / self.tau), {
             "chamfer_relative": relative,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,10 +12,13 @@ from torch import Tensor
 from lyra_rl.camera import make_pose, pairwise_pose_errors, trajectory_errors
 from lyra_rl.reward import EstimationError
 
-from .correspondences import GeometricReward
+from .context import VideoContext
+from .correspondences import VideoGeometry
+from .geometric import GeometricReward, PairScore
 from .two_view import CommandedCameras, estimate_relative_pose, rotation_transfer_error
 
 
+@dataclass(eq=False)
 class PoseConsistencyReward(GeometricReward):
     """Agreement of the estimated relative camera poses with the commanded ones.
 
@@ -41,81 +45,60 @@ class PoseConsistencyReward(GeometricReward):
     name = "pose_consistency"
     floor = 0.0
 
-    def __init__(
-        self,
-        tau_rot_degrees: float = 2.0,
-        tau_trans_degrees: float = 20.0,
-        threshold_px: float = 1.0,
-        tau_parallax_px: float = 1.0,
-        **geometry_kwargs,
-    ):
-        super().__init__(**geometry_kwargs)
-        self.tau_rot = tau_rot_degrees
-        self.tau_trans = tau_trans_degrees
-        self.threshold_px = threshold_px
-        self.tau_parallax = tau_parallax_px
+    tau_rot_degrees: float = 2.0
+    tau_trans_degrees: float = 20.0
+    threshold_px: float = 1.0
+    tau_parallax_px: float = 1.0
 
-    def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
-        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
-        threshold = self.threshold_px * geometry.pixel_scale
+    reducers = {"rot_err_deg": np.median, "trans_dir_err_deg": np.median, "rotation_parallax_px": np.median}
+
+    def score_pair(self, geometry: VideoGeometry, commanded: CommandedCameras, frames: tuple[int, ...]) -> PairScore:
+        i, j = frames
+        pair, matches = commanded.pair(i, j), geometry.matches(i, j)
+        estimated = self._estimate_pair(geometry, commanded, i, j)
+        ref = make_pose(torch.from_numpy(pair.R), torch.from_numpy(pair.t))
+        e_rot, e_trans = (float(e) for e in pairwise_pose_errors(estimated, ref))
         # Angular noise grows as the image shrinks (pixel noise over focal length): widen the tolerances.
-        tau_rot, tau_trans = self.tau_rot / geometry.pixel_scale, self.tau_trans / geometry.pixel_scale
-        scores, rot_errors, trans_errors, parallaxes, failed, static = [], [], [], [], 0, 0
-        estimated: dict[tuple[int, int], np.ndarray] = {}
-        standing: set[tuple[int, int]] = set()
-        pairs = geometry.pairs(self.gaps)
-        for i, j in pairs:
-            pair, matches = commanded.pair(i, j), geometry.matches(i, j)
-            est = self._estimate_pair(geometry, commanded, i, j, threshold)
-            if est is None:
-                failed += 1
-                scores.append(0.0)
-                continue
-            R = est[:3, :3].numpy()
-            ref = make_pose(torch.from_numpy(pair.R), torch.from_numpy(pair.t))
-            e_rot, e_trans = (float(e) for e in pairwise_pose_errors(est, ref))
-            score = math.exp(-e_rot / tau_rot)
-            if pair.translates:
-                score *= math.exp(-e_trans / tau_trans)
-                trans_errors.append(e_trans)
-            else:  # a commanded pure rotation: any parallax left after the estimated rotation is a translation
-                residual = rotation_transfer_error(pair, R, matches.points_i, matches.points_j)
-                parallaxes.append(float(np.median(residual)))
-                score *= math.exp(-parallaxes[-1] / (self.tau_parallax * geometry.pixel_scale))
-            if not self.moves_as_commanded(geometry, commanded, i, j, cache):
-                static += 1
-                standing.add((i, j))
-                score = 0.0
-            scores.append(score)
-            rot_errors.append(e_rot)
-            estimated[i, j] = est.numpy()
-        if failed > self.max_failed_fraction * len(pairs):
-            raise EstimationError(f"{failed}/{len(pairs)} pairs without a pose estimate")
-        diagnostics = {
-            "rot_err_deg": float(np.median(rot_errors)) if rot_errors else math.nan,
-            "trans_dir_err_deg": float(np.median(trans_errors)) if trans_errors else math.nan,
-            "rotation_parallax_px": float(np.median(parallaxes)) if parallaxes else math.nan,
-            "failed_pairs": failed / len(pairs),
-            "static_pairs": static / len(pairs),
-        }
+        score = math.exp(-e_rot / (self.tau_rot_degrees / geometry.pixel_scale))
+        result = EstimatedPose(score, {"rot_err_deg": e_rot}, j_from_i=estimated.numpy())
+        if pair.translates:
+            result.score *= math.exp(-e_trans / (self.tau_trans_degrees / geometry.pixel_scale))
+            result.diagnostics["trans_dir_err_deg"] = e_trans
+        else:  # a commanded pure rotation: any parallax left after the estimated rotation is a translation
+            residual = rotation_transfer_error(pair, estimated[:3, :3].numpy(), matches.points_i, matches.points_j)
+            parallax = float(np.median(residual))
+            result.score *= math.exp(-parallax / (self.tau_parallax_px * geometry.pixel_scale))
+            result.diagnostics["rotation_parallax_px"] = parallax
+        return result
+
+    def finish(self, context, value, diagnostics, scored):
+        """Adds the trajectory errors of the chained estimate (see :func:`chain_consecutive`)."""
+        _, commanded = self.views(context)
+        standing = {frames for frames, result in scored.items() if result.static}
+        estimated = {frames: result.j_from_i for frames, result in scored.items()}
         chained = chain_consecutive(estimated, commanded, standing)
         if chained is not None:
-            errors = trajectory_errors(chained, cam_from_world)
+            errors = trajectory_errors(chained, context.cam_from_world)
             diagnostics.update(
-                rot_err=errors.rot_err, trans_err=errors.trans_err, cam_mc=errors.cam_mc,
+                rot_err=errors.rot_err,
+                trans_err=errors.trans_err,
+                cam_mc=errors.cam_mc,
                 camera_control=errors.camera_control,
             )
-        return float(np.mean(scores)), diagnostics
+        return value, diagnostics
 
-    def _estimate_pair(self, geometry, commanded: CommandedCameras, i: int, j: int, threshold: float) -> Tensor | None:
-        """The estimated ``j_from_i`` pose ``(4, 4)`` float64 (unit or zero translation), None without one."""
+    def _estimate_pair(self, geometry: VideoGeometry, commanded: CommandedCameras, i: int, j: int) -> Tensor:
+        """The estimated ``j_from_i`` pose ``(4, 4)`` float64 (unit or zero translation).
+
+        Raises:
+            EstimationError: too few matches, or no pose could be fitted.
+        """
         pair, matches = commanded.pair(i, j), geometry.matches(i, j)
         if len(matches) < self.min_matches:
-            return None
-        try:
-            R, t = estimate_relative_pose(pair, matches.points_i, matches.points_j, threshold, rotation_only=not pair.translates)
-        except EstimationError:
-            return None
+            raise EstimationError(f"fewer than {self.min_matches} matches")
+        threshold = self.threshold_px * geometry.pixel_scale
+        rotation_only = not pair.translates
+        R, t = estimate_relative_pose(pair, matches.points_i, matches.points_j, threshold, rotation_only=rotation_only)
         return make_pose(torch.from_numpy(R), torch.from_numpy(np.zeros(3) if t is None else t))
 
     def estimate_trajectory(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor) -> Tensor | None:
@@ -127,23 +110,31 @@ class PoseConsistencyReward(GeometricReward):
         there the camera does not translate. The same chain gives the reward's trajectory diagnostics. None if
         any consecutive pair has no estimate.
         """
-        cache: dict = {}
         video, cam_from_world, intrinsics = video.detach().cpu().float(), cam_from_world.cpu(), intrinsics.cpu()
-        geometry, commanded = self.geometry(video, cache), self.commanded(cam_from_world, intrinsics, cache)
-        threshold = self.threshold_px * geometry.pixel_scale
+        context = VideoContext(video, cam_from_world, intrinsics)
+        geometry, commanded = self.views(context)
         estimated, standing = {}, set()
         for k in range(len(video) - 1):
-            pose = self._estimate_pair(geometry, commanded, k, k + 1, threshold)
-            if pose is None:
+            try:
+                estimated[k, k + 1] = self._estimate_pair(geometry, commanded, k, k + 1).numpy()
+            except EstimationError:
                 return None
-            estimated[k, k + 1] = pose.numpy()
-            if not self.moves_as_commanded(geometry, commanded, k, k + 1, cache):
+            if not self.moves_as_commanded(context, k, k + 1):
                 standing.add((k, k + 1))
         return chain_consecutive(estimated, commanded, standing)
 
 
+@dataclass
+class EstimatedPose(PairScore):
+    """A pair's score with its estimated relative pose ``j_from_i (4, 4)`` float64 (unit or zero translation)."""
+
+    j_from_i: np.ndarray = field(kw_only=True)
+
+
 def chain_consecutive(
-    estimated: dict[tuple[int, int], np.ndarray], commanded: CommandedCameras, standing: set[tuple[int, int]] = frozenset()
+    estimated: dict[tuple[int, int], np.ndarray],
+    commanded: CommandedCameras,
+    standing: set[tuple[int, int]] = frozenset(),
 ) -> Tensor | None:
     """Chains estimated consecutive relative poses into a trajectory ``(T, 4, 4)`` (None if a link is missing).
 

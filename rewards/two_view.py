@@ -64,18 +64,17 @@ class CommandedCameras:
             R = pose_j[:3, :3] @ pose_i[:3, :3].T
             t = pose_j[:3, 3] - R @ pose_i[:3, 3]
             self._pairs[i, j] = CommandedPair(
-                K_i=self.K[i], K_j=self.K[j], K_i_inv=self.K_inv[i], K_j_inv=self.K_inv[j], R=R, t=t,
-                P_i=self.P[i], P_j=self.P[j], translates=bool(np.linalg.norm(t) > self.min_translation),
+                K_i=self.K[i],
+                K_j=self.K[j],
+                K_i_inv=self.K_inv[i],
+                K_j_inv=self.K_inv[j],
+                R=R,
+                t=t,
+                P_i=self.P[i],
+                P_j=self.P[j],
+                translates=bool(np.linalg.norm(t) > self.min_translation),
             )
         return self._pairs[i, j]
-
-
-def get_commanded(cam_from_world: torch.Tensor, intrinsics: torch.Tensor, min_translation: float, cache: dict) -> CommandedCameras:
-    """The video's :class:`CommandedCameras`, created once per cache (per video and reward set)."""
-    key = ("commanded_cameras", min_translation)
-    if key not in cache:
-        cache[key] = CommandedCameras(cam_from_world, intrinsics, min_translation)
-    return cache[key]
 
 
 def fundamental_from_pose(pair: CommandedPair) -> np.ndarray:
@@ -96,7 +95,9 @@ def sampson_distance(F: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) 
     return np.abs(algebraic) / np.sqrt(np.maximum(denom, 1e-300))
 
 
-def rotation_transfer_error(pair: CommandedPair, R: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:
+def rotation_transfer_error(
+    pair: CommandedPair, R: np.ndarray, points_i: np.ndarray, points_j: np.ndarray
+) -> np.ndarray:
     """Pixel error of the infinite homography ``K_j R K_i^-1`` (exact for a pure rotation ``R``), ``(N,)``."""
     H = pair.K_j @ R @ pair.K_i_inv
     mapped = homogeneous(points_i) @ H.T
@@ -136,7 +137,8 @@ def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def triangulate(P_i: np.ndarray, P_j: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:
-    """DLT triangulation of correspondences with projection matrices ``(3, 4)``; world points ``(N, 4)`` homogeneous."""
+    """DLT triangulation of correspondences with projection matrices ``(3, 4)``; world points ``(N, 4)``
+    homogeneous."""
     X = cv2.triangulatePoints(P_i, P_j, points_i.T, points_j.T).T
     return X / np.where(np.abs(X[:, 3:]) > 1e-12, X[:, 3:], 1e-12)
 

@@ -5,7 +5,7 @@ import torch
 
 from lyra_rl.data import broken
 from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
-from rewards.correspondences import VideoGeometry
+from rewards.context import VideoContext
 
 
 def score(reward, video, cameras, cache=None):
@@ -18,7 +18,9 @@ def frozen(video):
 
 
 def shuffled(video):
-    order = torch.cat([torch.tensor([0]), torch.randperm(len(video) - 1, generator=torch.Generator().manual_seed(0)) + 1])
+    order = torch.cat(
+        [torch.tensor([0]), torch.randperm(len(video) - 1, generator=torch.Generator().manual_seed(0)) + 1]
+    )
     return video[order]
 
 
@@ -58,7 +60,9 @@ def test_matching_sees_morphing_and_blur(small, large):
     for clips in (small, large):
         video, cameras = clips.video("forward"), clips.cameras("forward")
         good, _, _ = score(FeatureMatchingReward(), video, cameras)
-        warped, _, _ = score(FeatureMatchingReward(), broken.warp_nonrigid(video, 0.04 * clips.width, generator), cameras)
+        warped, _, _ = score(
+            FeatureMatchingReward(), broken.warp_nonrigid(video, 0.04 * clips.width, generator), cameras
+        )
         blurred, _, _ = score(FeatureMatchingReward(), broken.blur(video, 0.03 * clips.width), cameras)
         assert good > warped + 0.05 and good > blurred + 0.2, (good, warped, blurred)
 
@@ -70,7 +74,13 @@ def test_reprojection_not_applicable_to_pure_rotation(small):
 
 def test_textureless_video_fails_with_floor(small):
     blank = torch.full((small.num_frames, 3, small.height, small.width), 0.5)
-    for reward in (PoseConsistencyReward(), EpipolarReward(), ReprojectionReward(), FeatureMatchingReward(), PointCloudReward()):
+    for reward in (
+        PoseConsistencyReward(),
+        EpipolarReward(),
+        ReprojectionReward(),
+        FeatureMatchingReward(),
+        PointCloudReward(),
+    ):
         value, failed, _ = score(reward, blank, small.cameras("forward"))
         assert failed and value == reward.floor, reward.name
 
@@ -80,7 +90,7 @@ def test_rewards_share_one_geometry_per_video(small):
     video, cameras = small.video("forward"), small.cameras("forward")
     score(EpipolarReward(), video, cameras, cache)
     score(FeatureMatchingReward(gaps=(1,)), video, cameras, cache)
-    geometries = [v for v in cache.values() if isinstance(v, VideoGeometry)]
+    geometries = list(cache[VideoContext].geometries.values())
     assert len(geometries) == 1  # same feature config -> one VideoGeometry, whatever the gaps
     geometry = geometries[0]
     assert geometry.method == "flow" and len(geometry._matches) == len(geometry.pairs((1, 4)))
@@ -100,7 +110,7 @@ def test_kornia_sift_is_a_drop_in_feature_option(large):
     good, failed, _ = score(reward, large.video("forward_left"), large.cameras("forward_left"), cache)
     bad, _, _ = score(reward, large.video("forward_right"), large.cameras("forward_left"))
     assert not failed and good > 0.5 and good > bad + 0.3
-    assert next(iter(cache.values())).method == "kornia_sift"
+    assert next(iter(cache[VideoContext].geometries.values())).method == "kornia_sift"
 
 
 def test_estimated_trajectory_follows_the_video_not_the_command(small):
