@@ -9,7 +9,8 @@ Layouts users have:
       or Astra's mixture of experts (``blocks.N.moe.experts.E.0``, ``sekai_processor``, ``clean_x_embedder.proj``,
       ``blocks.N.projector``; the policy must be built with ``camera_layout="astra"``).
     - the text encoder: the original ``models_t5_umt5-xxl-enc-bf16.pth`` (Wan's module names, converted to
-      transformers' ``UMT5EncoderModel``) with ``google/umt5-xxl/``, or diffusers' ``text_encoder/`` with ``tokenizer/``.
+      transformers' ``UMT5EncoderModel``) with ``google/umt5-xxl/``, or diffusers' ``text_encoder/`` with
+      ``tokenizer/``.
 Original DiT and VAE key names are converted with diffusers' own converters. Pickles are read with
 ``torch.load(weights_only=True)`` only. A missing or unexpected key is one clear error that names it.
 """
@@ -34,8 +35,14 @@ CAMERA_KEYS = (".cam_encoder.", ".projector.", ".moe.experts.", "sekai_processor
 # Modules of Astra's checkpoints that its single-image, single-chunk camera-control forward does not use: the
 # 2x and 4x embedders of a longer history, the processors and router of other data domains, and the
 # per-block fallback ``cam_encoder`` that the experts replace.
-ASTRA_UNUSED_KEYS = ("clean_x_embedder.proj_2x.", "clean_x_embedder.proj_4x.", "nuscenes_processor.", "openx_processor.",
-                     "global_router.", ".cam_encoder.")
+ASTRA_UNUSED_KEYS = (
+    "clean_x_embedder.proj_2x.",
+    "clean_x_embedder.proj_4x.",
+    "nuscenes_processor.",
+    "openx_processor.",
+    "global_router.",
+    ".cam_encoder.",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +77,30 @@ def to_diffusers_transformer_keys(state: dict[str, Tensor]) -> dict[str, Tensor]
     return dict(state)
 
 
-def load_strict(module: nn.Module, state: dict[str, Tensor], what: str, allow_missing: tuple[str, ...] = (), assign: bool = False) -> None:
+def load_strict(
+    module: nn.Module, state: dict[str, Tensor], what: str, allow_missing: tuple[str, ...] = (), assign: bool = False
+) -> None:
     """Loads ``state`` into ``module``; any unexpected key, or missing key not matching ``allow_missing``,
     is one ``KeyError`` naming them (and the shape mismatches, if any). ``assign`` takes the tensors as they
     are (for a module built on the meta device)."""
     expected = module.state_dict()
     missing = sorted(k for k in expected if k not in state and not any(p in k for p in allow_missing))
     unexpected = sorted(k for k in state if k not in expected)
-    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape)
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    )
     if missing or unexpected or mismatched:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
-        problems = [f"missing keys: {show(missing)}" if missing else "", f"unexpected keys: {show(unexpected)}" if unexpected else "",
-                    f"shape mismatches: {show(mismatched)}" if mismatched else ""]
+        problems = [
+            f"missing keys: {show(missing)}" if missing else "",
+            f"unexpected keys: {show(unexpected)}" if unexpected else "",
+            f"shape mismatches: {show(mismatched)}" if mismatched else "",
+        ]
         raise KeyError(f"{what} does not match the model: " + "; ".join(p for p in problems if p))
     module.load_state_dict(state, strict=False, assign=assign)
 
@@ -98,9 +115,13 @@ def load_transformer(policy, path: str | Path, with_camera: bool) -> None:
     state = to_diffusers_transformer_keys(read_state_dict(path))
     if any(".moe.experts." in k for k in state):
         if policy.dit.layout != "astra":
-            raise ValueError(f"{path} is an Astra mixture-of-experts checkpoint: build the policy with camera_layout='astra'")
+            raise ValueError(
+                f"{path} is an Astra mixture-of-experts checkpoint: build the policy with camera_layout='astra'"
+            )
         skipped = sorted({p.strip(".") for p in ASTRA_UNUSED_KEYS if any(p in k for k in state)})
-        logger.info("%s: skipping Astra modules the single-chunk camera forward does not use: %s", path, ", ".join(skipped))
+        logger.info(
+            "%s: skipping Astra modules the single-chunk camera forward does not use: %s", path, ", ".join(skipped)
+        )
         state = {k: v for k, v in state.items() if not any(p in k for p in ASTRA_UNUSED_KEYS)}
     load_strict(policy.transformer, state, f"DiT weights {path}", allow_missing=() if with_camera else CAMERA_KEYS)
     if not with_camera and policy.dit.layout == "astra":
@@ -115,8 +136,9 @@ def load_vae(policy, path: str | Path) -> None:
     load_strict(policy.vae, state, f"VAE weights {path}")
 
 
-def load_pretrained(policy, wan_model_path: str | Path | None = None, dit_path: str | Path | None = None,
-                    text_encoder: bool = False) -> None:
+def load_pretrained(
+    policy, wan_model_path: str | Path | None = None, dit_path: str | Path | None = None, text_encoder: bool = False
+) -> None:
     """Loads a Wan2.1 folder (either layout) and optionally a fine-tuned DiT with camera modules on top.
 
     With ``text_encoder``, also the UMT5 text encoder and tokenizer (bf16, kept on the CPU: only prompts that
@@ -188,14 +210,23 @@ def umt5_config_from_wan_state(state: dict[str, Tensor]) -> UMT5Config:
     num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     num_buckets, num_heads = state["blocks.0.pos_embedding.embedding.weight"].shape
     return UMT5Config(
-        vocab_size=vocab_size, d_model=d_model, d_kv=state["blocks.0.attn.q.weight"].shape[0] // num_heads,
-        d_ff=state["blocks.0.ffn.fc1.weight"].shape[0], num_layers=num_layers, num_heads=num_heads,
-        relative_attention_num_buckets=num_buckets, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
-        feed_forward_proj="gated-gelu", dropout_rate=0.0,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        d_kv=state["blocks.0.attn.q.weight"].shape[0] // num_heads,
+        d_ff=state["blocks.0.ffn.fc1.weight"].shape[0],
+        num_layers=num_layers,
+        num_heads=num_heads,
+        relative_attention_num_buckets=num_buckets,
+        relative_attention_max_distance=128,
+        layer_norm_epsilon=1e-6,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
     )
 
 
-def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -> tuple[UMT5EncoderModel, WanTokenizer]:
+def load_text_encoder(
+    folder: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> tuple[UMT5EncoderModel, WanTokenizer]:
     """Wan2.1's text encoder (frozen, eval mode) and tokenizer from an original or diffusers Wan2.1 folder, in
     ``dtype`` on the CPU.
 
@@ -217,5 +248,6 @@ def load_text_encoder(folder: str | Path, dtype: torch.dtype = torch.bfloat16) -
         encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)
         return encoder.requires_grad_(False).eval(), WanTokenizer.from_pretrained(root / "tokenizer")
     raise FileNotFoundError(
-        f"no Wan2.1 text encoder in {root}: expected {WAN_T5_CHECKPOINT} with {WAN_T5_TOKENIZER}/, or text_encoder/ with tokenizer/"
+        f"no Wan2.1 text encoder in {root}: expected {WAN_T5_CHECKPOINT} with {WAN_T5_TOKENIZER}/, or text_encoder/ "
+        "with tokenizer/"
     )

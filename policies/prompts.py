@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from safetensors import safe_open
@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 WAN_TEXT_LENGTH = 512  # tokens per prompt; Wan zero-pads the embedding of the real tokens to this length
+
 
 def clean_prompt(text: str) -> str:
     """Wan's prompt cleaning (``clean='whitespace'``): HTML entities unescaped, whitespace collapsed (Wan also
@@ -41,8 +42,15 @@ class WanTokenizer:
         return cls(AutoTokenizer.from_pretrained(str(folder)), max_length)
 
     def __call__(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        out = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length", truncation=True,
-                             max_length=self.max_length, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        out = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         return out["input_ids"], out["attention_mask"]
 
 

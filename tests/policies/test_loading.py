@@ -16,11 +16,17 @@ TO_ORIGINAL = [
     (r"condition_embedder\.text_embedder\.linear_1", "text_embedding.0"),
     (r"condition_embedder\.text_embedder\.linear_2", "text_embedding.2"),
     (r"condition_embedder\.time_proj", "time_projection.1"),
-    (r"\.attn1\.", ".self_attn."), (r"\.attn2\.", ".cross_attn."),
-    (r"\.to_out\.0\.", ".o."), (r"\.to_q\.", ".q."), (r"\.to_k\.", ".k."), (r"\.to_v\.", ".v."),
-    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."), (r"\.ffn\.net\.2\.", ".ffn.2."),
+    (r"\.attn1\.", ".self_attn."),
+    (r"\.attn2\.", ".cross_attn."),
+    (r"\.to_out\.0\.", ".o."),
+    (r"\.to_q\.", ".q."),
+    (r"\.to_k\.", ".k."),
+    (r"\.to_v\.", ".v."),
+    (r"\.ffn\.net\.0\.proj\.", ".ffn.0."),
+    (r"\.ffn\.net\.2\.", ".ffn.2."),
     (r"\.norm2\.", ".norm3."),
-    (r"^scale_shift_table$", "head.modulation"), (r"^proj_out\.", "head.head."),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^proj_out\.", "head.head."),
     (r"\.scale_shift_table$", ".modulation"),
 ]
 
@@ -34,29 +40,47 @@ def original_keys(state):
     return out
 
 
-RESIDUAL_TO_ORIGINAL = {"norm1.": "residual.0.", "conv1.": "residual.2.", "norm2.": "residual.3.", "conv2.": "residual.6.",
-                        "conv_shortcut.": "shortcut."}
-VAE_TO_ORIGINAL = {"quant_conv.": "conv1.", "post_quant_conv.": "conv2.", "encoder.conv_in.": "encoder.conv1.",
-                   "decoder.conv_in.": "decoder.conv1.", "encoder.norm_out.": "encoder.head.0.",
-                   "encoder.conv_out.": "encoder.head.2.", "decoder.norm_out.": "decoder.head.0.",
-                   "decoder.conv_out.": "decoder.head.2."}
+RESIDUAL_TO_ORIGINAL = {
+    "norm1.": "residual.0.",
+    "conv1.": "residual.2.",
+    "norm2.": "residual.3.",
+    "conv2.": "residual.6.",
+    "conv_shortcut.": "shortcut.",
+}
+VAE_TO_ORIGINAL = {
+    "quant_conv.": "conv1.",
+    "post_quant_conv.": "conv2.",
+    "encoder.conv_in.": "encoder.conv1.",
+    "decoder.conv_in.": "decoder.conv1.",
+    "encoder.norm_out.": "encoder.head.0.",
+    "encoder.conv_out.": "encoder.head.2.",
+    "decoder.norm_out.": "decoder.head.0.",
+    "decoder.conv_out.": "decoder.head.2.",
+}
 
 
 def original_vae_key(key):
     """diffusers' ``AutoencoderKLWan`` key -> the key of Wan2.1's original ``Wan2.1_VAE.pth`` (the inverse of
     diffusers' converter, for Wan2.1's layout: 4 levels of 2 residual blocks, 3 in the decoder)."""
+
     def residual(name):
-        return next((old + name[len(new):] for new, old in RESIDUAL_TO_ORIGINAL.items() if name.startswith(new)), name)
+        return next(
+            (old + name[len(new) :] for new, old in RESIDUAL_TO_ORIGINAL.items() if name.startswith(new)), name
+        )
 
     for new, old in VAE_TO_ORIGINAL.items():
         if key.startswith(new):
-            return old + key[len(new):]
+            return old + key[len(new) :]
     if match := re.fullmatch(r"(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d)\.(.*)", key):
         side, kind, index, name = match.groups()
-        return f"{side}.middle.1.{name}" if kind == "attentions" else f"{side}.middle.{2 * int(index)}.{residual(name)}"
+        return (
+            f"{side}.middle.1.{name}" if kind == "attentions" else f"{side}.middle.{2 * int(index)}.{residual(name)}"
+        )
     if match := re.fullmatch(r"encoder\.down_blocks\.(\d+)\.(.*)", key):
         return f"encoder.downsamples.{match[1]}.{residual(match[2])}"
-    block, resnet, name = re.fullmatch(r"decoder\.up_blocks\.(\d)\.(?:resnets\.(\d)|upsamplers\.0)\.(.*)", key).groups()
+    block, resnet, name = re.fullmatch(
+        r"decoder\.up_blocks\.(\d)\.(?:resnets\.(\d)|upsamplers\.0)\.(.*)", key
+    ).groups()
     if resnet is None:  # the block's upsampler follows its 3 residual blocks
         return f"decoder.upsamples.{4 * int(block) + 3}.{name}"
     return f"decoder.upsamples.{4 * int(block) + int(resnet)}.{residual(name)}"
@@ -79,13 +103,25 @@ def source():
 
 
 def base_state(policy):
-    return {k: v.clone() for k, v in policy.transformer.state_dict().items() if ".cam_encoder." not in k and ".projector." not in k}
+    return {
+        k: v.clone()
+        for k, v in policy.transformer.state_dict().items()
+        if ".cam_encoder." not in k and ".projector." not in k
+    }
 
 
 def test_original_key_names_round_trip_through_the_converter(source):
     keys = set(original_keys(base_state(source)))
-    assert {"blocks.0.self_attn.q.weight", "blocks.0.cross_attn.o.bias", "blocks.1.ffn.0.weight", "head.head.weight",
-            "head.modulation", "blocks.0.modulation", "blocks.0.norm3.weight", "time_projection.1.weight"} <= keys
+    assert {
+        "blocks.0.self_attn.q.weight",
+        "blocks.0.cross_attn.o.bias",
+        "blocks.1.ffn.0.weight",
+        "head.head.weight",
+        "head.modulation",
+        "blocks.0.modulation",
+        "blocks.0.norm3.weight",
+        "time_projection.1.weight",
+    } <= keys
 
 
 @pytest.mark.parametrize("dit_file", ["astra.ckpt", "astra.safetensors"])
@@ -125,13 +161,24 @@ def test_original_wan_vae_checkpoint_loads(tmp_path):
 
     from diffusers import AutoencoderKLWan
 
-    layout = dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    layout = dict(
+        base_dim=4, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, latents_mean=[0.0] * 4, latents_std=[1.0] * 4
+    )
     torch.manual_seed(0)
     source = AutoencoderKLWan(**layout)
     original = {original_vae_key(key): value for key, value in source.state_dict().items()}
-    assert {"conv1.weight", "conv2.bias", "encoder.downsamples.3.shortcut.weight", "encoder.downsamples.2.resample.1.weight",
-            "encoder.middle.1.to_qkv.weight", "decoder.middle.2.residual.6.weight", "decoder.upsamples.4.shortcut.weight",
-            "decoder.upsamples.11.resample.1.weight", "decoder.upsamples.3.time_conv.weight", "decoder.head.0.gamma"} <= original.keys()
+    assert {
+        "conv1.weight",
+        "conv2.bias",
+        "encoder.downsamples.3.shortcut.weight",
+        "encoder.downsamples.2.resample.1.weight",
+        "encoder.middle.1.to_qkv.weight",
+        "decoder.middle.2.residual.6.weight",
+        "decoder.upsamples.4.shortcut.weight",
+        "decoder.upsamples.11.resample.1.weight",
+        "decoder.upsamples.3.time_conv.weight",
+        "decoder.head.0.gamma",
+    } <= original.keys()
     torch.save(original, tmp_path / "Wan2.1_VAE.pth")
     target = SimpleNamespace(vae=AutoencoderKLWan(**layout))
     assert not torch.equal(target.vae.decoder.conv_in.weight, source.decoder.conv_in.weight)
@@ -145,7 +192,9 @@ def test_missing_and_unexpected_keys_are_named(source, tmp_path):
     del state["blocks.1.self_attn.q.weight"]
     state["blocks.0.lora_magic.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.ckpt")
-    with pytest.raises(KeyError, match=r"missing keys: blocks\.1\.attn1\.to_q\.weight.*unexpected keys: blocks\.0\.lora_magic"):
+    with pytest.raises(
+        KeyError, match=r"missing keys: blocks\.1\.attn1\.to_q\.weight.*unexpected keys: blocks\.0\.lora_magic"
+    ):
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "broken.ckpt")
     base_only = tmp_path / "base.ckpt"
     torch.save(original_keys(base_state(source)), base_only)
@@ -162,11 +211,16 @@ def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
     torch.nn.init.normal_(source.transformer.clean_x_embedder.proj.weight, std=0.2)
     state = original_keys(source.transformer.state_dict())
     dim = source.transformer.blocks[0].projector.in_features
-    state.update({  # what Astra's checkpoint also carries, with its shapes
-        "clean_x_embedder.proj_2x.weight": torch.zeros(dim, 4, 2, 4, 4), "clean_x_embedder.proj_4x.bias": torch.zeros(dim),
-        "nuscenes_processor.projector.0.weight": torch.zeros(25, 8), "openx_processor.projector.0.weight": torch.zeros(25, 13),
-        "global_router.weight": torch.zeros(3, 25), "blocks.0.cam_encoder.weight": torch.zeros(dim, 13),
-    })
+    state.update(
+        {  # what Astra's checkpoint also carries, with its shapes
+            "clean_x_embedder.proj_2x.weight": torch.zeros(dim, 4, 2, 4, 4),
+            "clean_x_embedder.proj_4x.bias": torch.zeros(dim),
+            "nuscenes_processor.projector.0.weight": torch.zeros(25, 8),
+            "openx_processor.projector.0.weight": torch.zeros(25, 13),
+            "global_router.weight": torch.zeros(3, 25),
+            "blocks.0.cam_encoder.weight": torch.zeros(dim, 13),
+        }
+    )
     torch.save(state, tmp_path / "astra.ckpt")
     target = WanCameraPolicy.from_config("tiny", seed=2, camera_layout="astra")
     source.encode_prompts(["a room"])
@@ -183,4 +237,6 @@ def test_base_weights_into_the_astra_layout_start_its_history_embedder_from_them
     torch.save(source.vae.state_dict(), tmp_path / "Wan2.1_VAE.pth")
     target = WanCameraPolicy.from_config("tiny", seed=2, camera_layout="astra")
     load_pretrained(target, tmp_path)
-    torch.testing.assert_close(target.transformer.clean_x_embedder.proj.weight, source.transformer.patch_embedding.weight)
+    torch.testing.assert_close(
+        target.transformer.clean_x_embedder.proj.weight, source.transformer.patch_embedding.weight
+    )

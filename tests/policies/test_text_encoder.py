@@ -10,7 +10,13 @@ from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
-from policies.loading import WAN_T5_CHECKPOINT, WAN_T5_TOKENIZER, convert_wan_t5_to_umt5, load_pretrained, load_text_encoder
+from policies.loading import (
+    WAN_T5_CHECKPOINT,
+    WAN_T5_TOKENIZER,
+    convert_wan_t5_to_umt5,
+    load_pretrained,
+    load_text_encoder,
+)
 from policies.prompts import WanTokenizer, clean_prompt, load_prompt_embeddings, save_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
 
@@ -26,13 +32,17 @@ def wan_t5_state(seed=0):
 
     state = {"token_embedding.weight": rand(VOCAB, DIM, scale=1.0), "norm.weight": 1 + rand(DIM)}
     for n in range(LAYERS):
-        state.update({
-            f"blocks.{n}.norm1.weight": 1 + rand(DIM), f"blocks.{n}.norm2.weight": 1 + rand(DIM),
-            **{f"blocks.{n}.attn.{p}.weight": rand(DIM, DIM) for p in "qkvo"},
-            f"blocks.{n}.pos_embedding.embedding.weight": rand(32, HEADS, scale=1.0),
-            f"blocks.{n}.ffn.gate.0.weight": rand(FFN, DIM), f"blocks.{n}.ffn.fc1.weight": rand(FFN, DIM),
-            f"blocks.{n}.ffn.fc2.weight": rand(DIM, FFN),
-        })
+        state.update(
+            {
+                f"blocks.{n}.norm1.weight": 1 + rand(DIM),
+                f"blocks.{n}.norm2.weight": 1 + rand(DIM),
+                **{f"blocks.{n}.attn.{p}.weight": rand(DIM, DIM) for p in "qkvo"},
+                f"blocks.{n}.pos_embedding.embedding.weight": rand(32, HEADS, scale=1.0),
+                f"blocks.{n}.ffn.gate.0.weight": rand(FFN, DIM),
+                f"blocks.{n}.ffn.fc1.weight": rand(FFN, DIM),
+                f"blocks.{n}.ffn.fc2.weight": rand(DIM, FFN),
+            }
+        )
     return state
 
 
@@ -43,7 +53,14 @@ def t5_buckets(length, num_buckets=32, max_distance=128):
     buckets = (rel > 0).long() * num_buckets
     rel = rel.abs()
     max_exact = num_buckets // 2
-    large = max_exact + (torch.log(rel.float().clamp(min=1) / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)).long()
+    large = (
+        max_exact
+        + (
+            torch.log(rel.float().clamp(min=1) / max_exact)
+            / math.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        ).long()
+    )
     return buckets + torch.where(rel < max_exact, rel, large.clamp(max=num_buckets - 1))
 
 
@@ -77,7 +94,9 @@ def write_tokenizer(folder):
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    ).save_pretrained(folder)
 
 
 def test_original_checkpoint_reproduces_wan_t5(tmp_path):
@@ -98,14 +117,25 @@ def test_original_checkpoint_reproduces_wan_t5(tmp_path):
 
 
 def test_diffusers_text_encoder_folder(tmp_path):
-    model = UMT5EncoderModel(UMT5Config(vocab_size=VOCAB, d_model=DIM, d_kv=8, d_ff=FFN, num_layers=LAYERS, num_heads=HEADS,
-                                        feed_forward_proj="gated-gelu"))
+    model = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=VOCAB,
+            d_model=DIM,
+            d_kv=8,
+            d_ff=FFN,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            feed_forward_proj="gated-gelu",
+        )
+    )
     model.save_pretrained(tmp_path / "text_encoder")
     write_tokenizer(tmp_path / "tokenizer")
     encoder, tokenizer = load_text_encoder(tmp_path, dtype=torch.float32)
     ids, mask = tokenizer(["a room"])
-    torch.testing.assert_close(encoder(input_ids=ids, attention_mask=mask).last_hidden_state,
-                               model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state)
+    torch.testing.assert_close(
+        encoder(input_ids=ids, attention_mask=mask).last_hidden_state,
+        model.eval()(input_ids=ids, attention_mask=mask).last_hidden_state,
+    )
     with pytest.raises(FileNotFoundError, match="no Wan2.1 text encoder"):
         load_text_encoder(tmp_path / "text_encoder")
 
@@ -118,7 +148,9 @@ def test_converter_names_foreign_keys():
 def test_clean_prompt_and_tokenizer_padding(tmp_path):
     assert clean_prompt("  a\n room &amp;amp;\tboxes ") == "a room & boxes"
     write_tokenizer(tmp_path)
-    ids, mask = WanTokenizer.from_pretrained(tmp_path, max_length=8)(["a room", "a room with boxes the camera moves forward left"])
+    ids, mask = WanTokenizer.from_pretrained(tmp_path, max_length=8)(
+        ["a room", "a room with boxes the camera moves forward left"]
+    )
     assert ids.shape == mask.shape == (2, 8)
     assert mask[0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0] and mask[1].all()  # the long prompt is truncated
 
@@ -140,7 +172,7 @@ def test_prompt_embeddings_file_round_trip_and_training_without_the_encoder(tmp_
 
 
 def test_load_pretrained_brings_the_text_encoder(tmp_path):
-    from test_loading import original_keys, base_state
+    from test_loading import base_state, original_keys
 
     source = WanCameraPolicy.from_config("tiny", seed=1)
     from safetensors.torch import save_file

@@ -126,7 +126,9 @@ def test_deep_copy_is_an_independent_model(policy):
     for block in policy.transformer.blocks:
         torch.nn.init.normal_(block.cam_encoder.weight, std=0.5)
     assert (policy.velocity(latents, t, cond) - clone.velocity(latents, t, cond)).abs().max() > 1e-3
-    torch.testing.assert_close(clone.velocity(latents, t, cond), WanCameraPolicy.from_config("tiny", seed=0).velocity(latents, t, cond))
+    torch.testing.assert_close(
+        clone.velocity(latents, t, cond), WanCameraPolicy.from_config("tiny", seed=0).velocity(latents, t, cond)
+    )
 
 
 def attention_inputs(model, latents, timestep, text, camera):
@@ -147,7 +149,9 @@ def test_camera_embedding_is_added_after_norm_and_modulation(layout):
     latents, text = torch.randn(1, 4, 3, 4, 6), torch.randn(1, 7, 32)
     timestep = torch.full((1, 18), 500.0)
     camera = torch.randn(1, 3, 12 if layout == "recammaster" else 13)
-    encoder = model.transformer.blocks[0].moe.experts[0][0] if layout == "astra" else model.transformer.blocks[0].cam_encoder
+    encoder = (
+        model.transformer.blocks[0].moe.experts[0][0] if layout == "astra" else model.transformer.blocks[0].cam_encoder
+    )
     base = attention_inputs(model, latents, timestep, text, camera)
     torch.nn.init.normal_(encoder.weight, std=0.3)
     once = attention_inputs(model, latents, timestep, text, camera) - base
@@ -164,16 +168,22 @@ def test_astra_layout_keys_identity_and_expert_routing():
     latents, text = torch.randn(2, 4, 3, 4, 6), torch.randn(2, 7, 32)
     timestep = torch.full((2, 18), 300.0)
     camera = torch.randn(2, 3, 13)
-    torch.testing.assert_close(astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0])
+    torch.testing.assert_close(
+        astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0]
+    )
     keys = set(astra.transformer.state_dict())
     assert {"sekai_processor.projector.0.weight", "blocks.0.moe.experts.2.0.weight", "blocks.1.projector.bias"} <= keys
     assert not any("cam_encoder" in k for k in keys)
     for block in astra.transformer.blocks:  # only the routed expert acts
         torch.nn.init.normal_(block.moe.experts[0][0].weight, std=0.5)
-    torch.testing.assert_close(astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0])
+    torch.testing.assert_close(
+        astra(latents, timestep, text, camera), base(latents, timestep, text, return_dict=False)[0]
+    )
     for block in astra.transformer.blocks:
         torch.nn.init.normal_(block.moe.experts[1][0].weight, std=0.5)
-    assert (astra(latents, timestep, text, camera) - base(latents, timestep, text, return_dict=False)[0]).abs().max() > 1e-3
+    assert (
+        astra(latents, timestep, text, camera) - base(latents, timestep, text, return_dict=False)[0]
+    ).abs().max() > 1e-3
     with pytest.raises(ValueError, match="astra layout"):
         astra(latents, timestep, text, camera[..., :12])
 
@@ -224,9 +234,9 @@ def test_gradient_checkpointing_recomputes_with_the_forward_passes_own_camera(po
 def test_astra_history_forward_is_diffusers_forward_on_its_token_sequence(monkeypatch):
     """With the frame indices made contiguous, Astra's forward equals diffusers' forward on [image, image,
     generated] with one timestep per sample: token assembly, RoPE, modulation and head are the same."""
-    from policies import wan_camera
+    from policies import camera_dit
 
-    assert wan_camera.astra_frame_indices(2).tolist() == [19, 19, 20, 21]
+    assert camera_dit.astra_frame_indices(2).tolist() == [19, 19, 20, 21]
     torch.manual_seed(0)
     base = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"])
     astra = CameraConditionedWan(copy.deepcopy(base), "astra")
@@ -234,7 +244,7 @@ def test_astra_history_forward_is_diffusers_forward_on_its_token_sequence(monkey
     latents, image, text = torch.randn(2, 4, 2, 4, 6), torch.randn(2, 4, 1, 4, 6), torch.randn(2, 7, 32)
     timestep, camera = torch.tensor([700.0, 200.0]), torch.randn(2, 3, 13)
     astras_own = astra.forward_with_history(latents, timestep, text, camera, image)
-    monkeypatch.setattr(wan_camera, "astra_frame_indices", lambda n: torch.arange(2 + n))
+    monkeypatch.setattr(camera_dit, "astra_frame_indices", lambda n: torch.arange(2 + n))
     expected = base(torch.cat([2 * image, 2 * image, latents], dim=2), timestep, text, return_dict=False)[0][:, :, 2:]
     torch.testing.assert_close(astra.forward_with_history(latents, timestep, text, camera, image), expected)
     assert (astras_own - expected).abs().max() > 1e-4  # Astra's own indices (19, 19, 20, 21) differ
@@ -245,13 +255,18 @@ def test_astra_history_tokens_get_cameras_0_and_1():
     astra = CameraConditionedWan(WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]), "astra")
     seen = []
     astra.transformer.blocks[0].attn1.register_forward_pre_hook(lambda m, a: seen.append(m._lyra_block._lyra_camera))
-    latents, image, text, camera = torch.randn(1, 4, 2, 4, 6), torch.randn(1, 4, 1, 4, 6), torch.randn(1, 7, 32), torch.randn(1, 3, 13)
+    latents, image, text, camera = (
+        torch.randn(1, 4, 2, 4, 6),
+        torch.randn(1, 4, 1, 4, 6),
+        torch.randn(1, 7, 32),
+        torch.randn(1, 3, 13),
+    )
     astra.forward_with_history(latents, torch.tensor([500.0]), text, camera, image)
     torch.testing.assert_close(seen[0], astra.transformer.sekai_processor(camera[:, [0, 1, 1, 2]]))
 
 
 def test_rope_at_contiguous_frames_is_diffusers_rope():
-    from policies.wan_camera import rope_at_frames
+    from policies.camera_dit import rope_at_frames
 
     rope = WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]).rope
     cos, sin = rope(torch.zeros(1, 4, 3, 8, 12))
