@@ -5,8 +5,8 @@ timesteps (and the reference forward when beta > 0), each timed next to the step
 ``step_overhead`` = (rollout + update) / floor, the median over the timed steps; building the conditions
 (rendering, text and image encoding), decoding and rewards are reported apart.
 Memory: the peak tensor memory a step adds, with the adapter-disabled reference vs. the same step without
-the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU from the
-profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs in the
+the KL term (``ref_memory_ratio``), and with a deep-copied reference (plus its weights) for contrast; on the CPU
+from the profiler's allocation events, on CUDA from ``torch.cuda.max_memory_allocated``. On CUDA the step runs in the
 GPU recipe's precision (bf16 frozen weights, float32 LoRA, gradient checkpointing); ``--policy wan2.1-1.3b``
 uses Wan2.1-1.3B's shapes at 480x832, 33 frames (random weights; group of 4, 8 steps, no CFG: CFG doubles
 the forward passes; ``--camera-layout astra`` adds Astra's two history frames). The GPU recipe
@@ -52,15 +52,24 @@ def make_trainer(policy_name: str, beta: float, quick: bool, camera_layout: str 
         size = dict(num_frames=17, height=64, width=96) if quick else dict(num_frames=33, height=128, width=192)
     cuda = torch.cuda.is_available()
     config = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), beta=beta, num_sampling_steps=8, train_timestep_fraction=0.5,
-        conditions_per_step=1, num_generations=4, save_steps=10**9, mixed_precision="bf16" if cuda else "no", **size,
+        output_dir=tempfile.mkdtemp(),
+        beta=beta,
+        num_sampling_steps=8,
+        train_timestep_fraction=0.5,
+        conditions_per_step=1,
+        num_generations=4,
+        save_steps=10**9,
+        mixed_precision="bf16" if cuda else "no",
+        **size,
     )
     accelerator = Accelerator(cpu=not cuda, mixed_precision=config.mixed_precision)
     policy_config = PolicyConfig(policy=policy_name, camera_layout=camera_layout, gradient_checkpointing=cuda)
     policy = build_policy(policy_config, config.seed, accelerator)
     if policy.text_encoder is None:  # wan2.1-1.3b: stand-in embeddings of Wan's shape for the procedural prompts
         text_dim = policy.transformer.config.text_dim
-        policy.add_prompt_embeddings({p: torch.randn(WAN_TEXT_LENGTH, text_dim).to(torch.bfloat16) for p in procedural_prompts()})
+        policy.add_prompt_embeddings(
+            {p: torch.randn(WAN_TEXT_LENGTH, text_dim).to(torch.bfloat16) for p in procedural_prompts()}
+        )
     return GRPOTrainer(config, policy, RewardSet([MeanBrightness()]), accelerator)
 
 
@@ -70,7 +79,9 @@ def floor_seconds(trainer: GRPOTrainer) -> dict[str, float]:
     config, policy, device = trainer.config, trainer.policy, trainer.accelerator.device
     batch = procedural_conditions(config.seed, [0], config.num_frames, config.height, config.width)
     cond = policy.condition(batch.images, batch.prompts, batch.cameras).repeat(config.num_generations)
-    latents = torch.randn(config.num_generations, *policy.latent_shape(config.num_frames, config.height, config.width), device=device)
+    latents = torch.randn(
+        config.num_generations, *policy.latent_shape(config.num_frames, config.height, config.width), device=device
+    )
     t = torch.full((config.num_generations,), 0.5, device=device)
     num_train = len(select_timesteps(config.num_sampling_steps, config.train_timestep_fraction))
     _sync()
@@ -179,9 +190,12 @@ def main() -> None:
     measured = [r + u for r, u in zip(phases["rollout"], phases["update"])]
     overhead = statistics.median(m / (r + u) for m, r, u in zip(measured, floors["rollout"], floors["update"]))
     c = trainer.config
-    print(f"GRPO step, policy {args.policy}, {c.num_generations} rollouts of {c.num_frames}x{c.height}x{c.width}, "
-          f"{c.num_sampling_steps} steps, {len(select_timesteps(c.num_sampling_steps, c.train_timestep_fraction))} trained, beta {c.beta}, "
-          f"device {trainer.accelerator.device}, median of {repeats}")
+    print(
+        f"GRPO step, policy {args.policy}, {c.num_generations} rollouts of {c.num_frames}x{c.height}x{c.width}, "
+        f"{c.num_sampling_steps} steps, {len(select_timesteps(c.num_sampling_steps, c.train_timestep_fraction))} "
+        f"trained, beta {c.beta}, "
+        f"device {trainer.accelerator.device}, median of {repeats}"
+    )
     for name, values in phases.items():
         line = f"  {name:10s} {statistics.median(values):7.3f} s"
         if name in floors:
@@ -199,11 +213,16 @@ def main() -> None:
         copy_bytes = sum(t.numel() * t.element_size() for t in reference.state_dict().values())
         peaks["copy"] = {phase: value + copy_bytes for phase, value in step_peak_bytes(trainer).items()}
     for variant, value in peaks.items():
-        print(f"  peak memory added, {variant:15s} step {value['step'] / 2**20:8.1f} MiB, update phase {value['update'] / 2**20:8.1f} MiB")
+        print(
+            f"  peak memory added, {variant:15s} step {value['step'] / 2**20:8.1f} MiB, update phase "
+            f"{value['update'] / 2**20:8.1f} MiB"
+        )
     ratio = peaks["with_reference"]["step"] / max(peaks["no_kl"]["step"], 1)
     update_ratio = peaks["with_reference"]["update"] / max(peaks["no_kl"]["update"], 1)
-    print(f"  update phase: adapter-disabled reference / no KL {update_ratio:.2f}, "
-          f"deep-copied reference / no KL {peaks['copy']['update'] / max(peaks['no_kl']['update'], 1):.2f}")
+    print(
+        f"  update phase: adapter-disabled reference / no KL {update_ratio:.2f}, "
+        f"deep-copied reference / no KL {peaks['copy']['update'] / max(peaks['no_kl']['update'], 1):.2f}"
+    )
     print(f"step_overhead={overhead:.2f} ref_memory_ratio={ratio:.2f}")
 
 

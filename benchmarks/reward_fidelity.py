@@ -25,7 +25,14 @@ import imageio.v3 as iio
 import numpy as np
 from skimage import data as skdata
 
-from lyra_rl.fidelity import VARIANTS, folder_variants, load_frames_folder, procedural_clips, score_with_variants, variant_aucs
+from lyra_rl.fidelity import (
+    VARIANTS,
+    folder_variants,
+    load_frames_folder,
+    procedural_clips,
+    score_with_variants,
+    variant_aucs,
+)
 from lyra_rl.reward import RewardSet
 from rewards import EpipolarReward, FeatureMatchingReward, PointCloudReward, PoseConsistencyReward, ReprojectionReward
 
@@ -40,7 +47,13 @@ MEANT_TO_CATCH = {
 
 
 def make_reward_set(workers: int) -> RewardSet:
-    rewards = [PoseConsistencyReward(), EpipolarReward(), ReprojectionReward(), FeatureMatchingReward(), PointCloudReward()]
+    rewards = [
+        PoseConsistencyReward(),
+        EpipolarReward(),
+        ReprojectionReward(),
+        FeatureMatchingReward(),
+        PointCloudReward(),
+    ]
     return RewardSet(rewards, num_workers=workers)
 
 
@@ -82,7 +95,10 @@ def folder_scores(reward_set: RewardSet, folder: Path) -> dict[str, dict[str, fl
     """Rewards of a real clip and of its broken variants: name -> {"consistent" or variant: score}."""
     clip = load_frames_folder(folder)
     consistent, broken_scores = score_with_variants(reward_set, clip, folder_variants(clip))
-    return {name: {"consistent": value, **{v: broken_scores[v][name] for v in broken_scores}} for name, value in consistent.items()}
+    return {
+        name: {"consistent": value, **{v: broken_scores[v][name] for v in broken_scores}}
+        for name, value in consistent.items()
+    }
 
 
 def print_folder(title: str, scores: dict[str, dict[str, float]]) -> float:
@@ -109,7 +125,10 @@ def main() -> None:
     parser.add_argument("--frames-dir", type=Path, help="also score a folder of frames with known cameras")
     parser.add_argument("--json", type=Path, help="write all numbers to this JSON file")
     args = parser.parse_args()
-    resolutions = {"256x448": (256, 448, 3 if args.quick else args.scenes), "64x96": (64, 96, 8 if args.quick else args.scenes)}
+    resolutions = {
+        "256x448": (256, 448, 3 if args.quick else args.scenes),
+        "64x96": (64, 96, 8 if args.quick else args.scenes),
+    }
     start = time.perf_counter()
     results: dict = {"procedural": {}}
     gated: list[float] = []
@@ -118,7 +137,9 @@ def main() -> None:
             aucs = procedural_aucs(reward_set, range(args.first_seed, args.first_seed + count), height, width)
             print_table(f"AUC, {count} procedural scenes at {label} (16 frames)", aucs)
             results["procedural"][label] = aucs
-            gated += [aucs[name][v] for name, vs in MEANT_TO_CATCH.items() for v in vs if not math.isnan(aucs[name][v])]
+            gated += [
+                aucs[name][v] for name, vs in MEANT_TO_CATCH.items() for v in vs if not math.isnan(aucs[name][v])
+            ]
         with tempfile.TemporaryDirectory() as tmp:
             stereo = folder_scores(reward_set, stereo_motorcycle_folder(Path(tmp)))
         results["stereo_motorcycle"] = stereo

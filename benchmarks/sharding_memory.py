@@ -36,8 +36,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"ddp": None, "fsdp": "accelerate_fsdp.yaml", "fsdp_grad_op": "accelerate_fsdp_grad_op.yaml",
-           "deepspeed_zero2": "accelerate_deepspeed_zero2.yaml"}
+CONFIGS = {
+    "ddp": None,
+    "fsdp": "accelerate_fsdp.yaml",
+    "fsdp_grad_op": "accelerate_fsdp_grad_op.yaml",
+    "deepspeed_zero2": "accelerate_deepspeed_zero2.yaml",
+}
 
 
 def resident_bytes() -> int:
@@ -69,9 +73,9 @@ def resident_step_peak(trainer) -> int:
 def worker(num_layers: int, repeats: int) -> None:
     """One run under ``accelerate launch``: prints the per-process figures as JSON on rank 0."""
     import torch
+    from grpo_step import MeanBrightness
     from torch.distributed.tensor import DTensor
 
-    from grpo_step import MeanBrightness
     from lyra_rl.data.conditions import procedural_prompts
     from lyra_rl.reward import RewardSet
     from lyra_rl.training import GRPOConfig, GRPOTrainer, make_accelerator
@@ -80,10 +84,25 @@ def worker(num_layers: int, repeats: int) -> None:
 
     name = f"wan2.1-1.3b-{num_layers}-blocks"
     wan_camera.TRANSFORMER_CONFIGS[name] = {**wan_camera.TRANSFORMER_CONFIGS["wan2.1-1.3b"], "num_layers": num_layers}
-    wan_camera.VAE_CONFIGS[name] = {**wan_camera.VAE_CONFIGS["tiny"], "z_dim": 16, "latents_mean": [0.0] * 16, "latents_std": [1.0] * 16}
-    config = GRPOConfig(output_dir=tempfile.mkdtemp(), num_frames=9, height=32, width=48, conditions_per_step=1,
-                        num_generations=2, num_sampling_steps=2, train_timestep_fraction=0.5, eval_conditions=0,
-                        save_steps=10**9, max_steps=10**9)
+    wan_camera.VAE_CONFIGS[name] = {
+        **wan_camera.VAE_CONFIGS["tiny"],
+        "z_dim": 16,
+        "latents_mean": [0.0] * 16,
+        "latents_std": [1.0] * 16,
+    }
+    config = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        num_frames=9,
+        height=32,
+        width=48,
+        conditions_per_step=1,
+        num_generations=2,
+        num_sampling_steps=2,
+        train_timestep_fraction=0.5,
+        eval_conditions=0,
+        save_steps=10**9,
+        max_steps=10**9,
+    )
     accelerator = make_accelerator("no", cpu=True)
     policy = build_policy(PolicyConfig(policy=name), config.seed, accelerator)
     text_dim = policy.transformer.config.text_dim
@@ -98,23 +117,49 @@ def worker(num_layers: int, repeats: int) -> None:
     own = {id(p) for p in weights}  # ZeRO steps float32 copies of its partition: count them too
     optimized = [p for group in trainer.optimizer.param_groups for p in group["params"] if id(p) not in own]
     optimizer_state = [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
-    held = sum((t.to_local() if isinstance(t, DTensor) else t).nbytes for t in [*weights, *optimized, *optimizer_state])
+    held = sum(
+        (t.to_local() if isinstance(t, DTensor) else t).nbytes for t in [*weights, *optimized, *optimizer_state]
+    )
     peak = resident_step_peak(trainer)
     figures = torch.tensor([held, peak, held + peak, statistics.median(seconds)], dtype=torch.float64)
     largest = accelerator.reduce(figures, "max")  # every figure: the largest over the processes
     if accelerator.is_main_process:
-        print(json.dumps({"sharded": trainer.backend.joins_every_forward, "held": largest[0].item(), "peak": largest[1].item(),
-                          "total": largest[2].item(), "seconds": largest[3].item()}))
+        print(
+            json.dumps(
+                {
+                    "sharded": trainer.backend.joins_every_forward,
+                    "held": largest[0].item(),
+                    "peak": largest[1].item(),
+                    "total": largest[2].item(),
+                    "seconds": largest[3].item(),
+                }
+            )
+        )
     accelerator.end_training()
 
 
 def launch(config_file: str | None, num_layers: int, repeats: int) -> dict:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     command += ["--config_file", str(ROOT / "recipes" / "configs" / config_file)] if config_file else ["--multi_gpu"]
     command += [__file__, "--worker", "--num-layers", str(num_layers), "--repeats", str(repeats)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]), "OMP_NUM_THREADS": "1",
-           "CUDA_VISIBLE_DEVICES": ""}  # CPU processes: resident memory is what is sampled
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)]),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }  # CPU processes: resident memory is what is sampled
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
@@ -133,13 +178,24 @@ def main() -> None:
         worker(num_layers, repeats)
         return
     runs = {name: launch(config_file, num_layers, repeats) for name, config_file in CONFIGS.items()}
-    print(f"GRPO step on 2 CPU processes, Wan2.1-1.3B block shapes x {num_layers} blocks, float32, per process (largest):")
+    print(
+        f"GRPO step on 2 CPU processes, Wan2.1-1.3B block shapes x {num_layers} blocks, float32, per process "
+        "(largest):"
+    )
     for name, run in runs.items():
-        print(f"  {name:15s} held {run['held'] / 2**20:8.1f} MiB  step peak {run['peak'] / 2**20:8.1f} MiB  "
-              f"total {run['total'] / 2**20:8.1f} MiB  rollout+update {run['seconds']:6.2f} s")
+        print(
+            f"  {name:15s} held {run['held'] / 2**20:8.1f} MiB  step peak {run['peak'] / 2**20:8.1f} MiB  "
+            f"total {run['total'] / 2**20:8.1f} MiB  rollout+update {run['seconds']:6.2f} s"
+        )
     ddp, others = runs["ddp"], [name for name in runs if name != "ddp"]
-    print(" ".join([*(f"{name}_memory_ratio={runs[name]['total'] / ddp['total']:.2f}" for name in others),
-                    *(f"{name}_time_ratio={runs[name]['seconds'] / ddp['seconds']:.2f}" for name in others)]))
+    print(
+        " ".join(
+            [
+                *(f"{name}_memory_ratio={runs[name]['total'] / ddp['total']:.2f}" for name in others),
+                *(f"{name}_time_ratio={runs[name]['seconds'] / ddp['seconds']:.2f}" for name in others),
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

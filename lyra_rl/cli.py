@@ -1,10 +1,10 @@
 """``lyra-rl`` command line: score any video against a commanded camera trajectory.
 
-    lyra-rl score VIDEO --direction forward [--fov 70 | --intrinsics fx fy cx cy] [--rewards ...]
-    lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # camera metrics and rewards
-    lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
-    lyra-rl rewards                       # list the registered reward plugins
-    lyra-rl plot-presets OUT.png          # the seven presets drawn from above
+lyra-rl score VIDEO --direction forward [--fov 70 | --intrinsics fx fy cx cy] [--rewards ...]
+lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # camera metrics and rewards
+lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
+lyra-rl rewards                       # list the registered reward plugins
+lyra-rl plot-presets OUT.png          # the seven presets drawn from above
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from tqdm import tqdm
 
 from .camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory
@@ -46,7 +45,9 @@ def score(args: argparse.Namespace) -> int:
     num_frames, _, height, width = video.shape
     trajectory = get_trajectory(args.direction, num_frames, distance=args.distance, angle_degrees=args.angle)
     cameras = Cameras.from_trajectory(trajectory, _intrinsics(args, height, width))
-    reward_kwargs = {name: {"method": args.method} for name in args.rewards if args.method and _accepts(name, "method")}
+    reward_kwargs = {
+        name: {"method": args.method} for name in args.rewards if args.method and _accepts(name, "method")
+    }
     with RewardSet.from_names(args.rewards, reward_kwargs=reward_kwargs) as reward_set:
         out = reward_set(video[None], cameras, [args.prompt])
     rows = {name: {"reward": float(out.rewards[name][0]), "failed": bool(out.failed[name][0])} for name in out.rewards}
@@ -54,7 +55,12 @@ def score(args: argparse.Namespace) -> int:
         name, _, diag = key.partition("/")
         rows[name][diag] = float(value[0])
     if args.json:
-        print(json.dumps({"video": str(args.video), "frames": num_frames, "total": float(out.total[0]), "rewards": rows}, indent=2))
+        print(
+            json.dumps(
+                {"video": str(args.video), "frames": num_frames, "total": float(out.total[0]), "rewards": rows},
+                indent=2,
+            )
+        )
         return 0
     print(f"{args.video}: {num_frames} frames {width}x{height}, commanded: {args.direction}")
     print(f"{'reward':18s} {'value':>8s}  diagnostics")
@@ -68,18 +74,26 @@ def score(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Every video of a folder against its commanded path: ``<stem>.direction`` beside it (a preset name or a
-    trajectory file, relative to the folder), else ``--direction``; the reference ``<stem>.mp4`` of
-    ``--references`` where given."""
+    trajectory file relative to the folder), else ``--direction`` (a preset or a file); the reference
+    ``<stem>.mp4`` of ``--references`` where given. Every input is checked before any work."""
+    if not args.folder.is_dir():
+        raise FileNotFoundError(f"{args.folder}: no such folder")
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".mp4", ".webm", ".mov", ".avi"))
     if not paths:
         raise ValueError(f"no videos (*.mp4) in {args.folder}")
+    if not any(hasattr(resolve_reward_class(name), "estimate_trajectory") for name in args.rewards):
+        raise ValueError("evaluate estimates camera paths with pose_consistency: add it to --rewards")
     directions = {}
-    for path in paths:  # every input checked before any work
+    for path in paths:
         file = path.with_suffix(".direction")
         direction = file.read_text().strip() if file.is_file() else args.direction
         if direction is None:
             raise ValueError(f"{path}: no {file.name} beside it and no --direction given")
-        directions[path] = direction if direction in DIRECTIONS else str(args.folder / direction)
+        if direction not in DIRECTIONS:
+            direction = str(args.folder / direction) if file.is_file() else direction
+            if not Path(direction).is_file():
+                raise FileNotFoundError(f"{path}: its commanded path {direction} is neither a preset nor a file")
+        directions[path] = direction
         if args.references is not None and not (args.references / path.name).is_file():
             raise FileNotFoundError(f"{path}: no reference {args.references / path.name}")
     rows = []
@@ -121,14 +135,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", required=True, help=f"a preset ({', '.join(DIRECTIONS)}) or a trajectory file")
     add_camera_arguments(p)
     p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names or module:Class paths")
-    p.add_argument("--method", choices=("auto", "sift", "kornia_sift", "flow"),
-                   help="correspondences of the geometric rewards (default: their own, auto)")
+    p.add_argument(
+        "--method",
+        choices=("auto", "sift", "kornia_sift", "flow"),
+        help="correspondences of the geometric rewards (default: their own, auto)",
+    )
     p.add_argument("--prompt", default="", help="the prompt the video was generated from")
     p.add_argument("--max-frames", type=int, help="score only the first N frames")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=score)
     p = commands.add_parser("evaluate", help="camera accuracy and rewards of a folder of videos")
-    p.add_argument("folder", type=Path, help="videos, each with an optional <stem>.direction (preset or trajectory file)")
+    p.add_argument(
+        "folder", type=Path, help="videos, each with an optional <stem>.direction (preset or trajectory file)"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for evaluation.json, evaluation.md, trajectories/")
     p.add_argument("--direction", help="the commanded path of videos without a .direction file")
     p.add_argument("--references", type=Path, help="a folder of reference videos of the same names (PSNR)")
@@ -144,9 +163,18 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("plot-presets", help="draw the seven presets from above into a PNG")
     p.add_argument("out", type=Path)
     p.add_argument("--frames", type=int, default=33)
-    p.set_defaults(run=lambda args: print(plot_trajectories(
-        {d: get_trajectory(d, args.frames) for d in DIRECTIONS}, args.out,
-        "the seven presets (top view; red: viewing direction)")) or 0)
+    p.set_defaults(
+        run=lambda args: (
+            print(
+                plot_trajectories(
+                    {d: get_trajectory(d, args.frames) for d in DIRECTIONS},
+                    args.out,
+                    "the seven presets (top view; red: viewing direction)",
+                )
+            )
+            or 0
+        )
+    )
     return parser
 
 

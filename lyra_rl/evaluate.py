@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -36,8 +36,9 @@ def psnr(video: Tensor, reference: Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def evaluate_videos(videos: Tensor, cameras: Cameras, prompts: Sequence[str], reward_set: RewardSet,
-                    references: Tensor | None = None) -> tuple[list[dict[str, float]], list[Tensor | None]]:
+def evaluate_videos(
+    videos: Tensor, cameras: Cameras, prompts: Sequence[str], reward_set: RewardSet, references: Tensor | None = None
+) -> tuple[list[dict[str, float]], list[Tensor | None]]:
     """Scores videos ``(B, T, 3, H, W)`` in [0, 1] against their commanded ``cameras`` (see the module).
 
     Returns:
@@ -46,13 +47,19 @@ def evaluate_videos(videos: Tensor, cameras: Cameras, prompts: Sequence[str], re
     scores = reward_set(videos, cameras, prompts)
     estimator = next((r for r in reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
     if estimator is None:
-        raise ValueError("evaluation estimates camera paths with a reward that has estimate_trajectory "
-                         "(pose_consistency): add it to the rewards")
+        raise ValueError(
+            "evaluation estimates camera paths with a reward that has estimate_trajectory "
+            "(pose_consistency): add it to the rewards"
+        )
     rows, paths = [], []
     for k in range(len(videos)):
         commanded = cameras.cam_from_world[k]
         estimated = estimator.estimate_trajectory(videos[k], commanded, cameras.intrinsics[k])
-        row = dict.fromkeys(CAMERA_METRICS, math.nan) if estimated is None else asdict(trajectory_errors(estimated, commanded))
+        row = (
+            dict.fromkeys(CAMERA_METRICS, math.nan)
+            if estimated is None
+            else asdict(trajectory_errors(estimated, commanded))
+        )
         row["camera_failed"] = float(estimated is None)
         row.update({f"reward/{name}": float(values[k]) for name, values in scores.rewards.items()})
         row.update({f"failed/{name}": float(values[k]) for name, values in scores.failed.items()})
@@ -85,18 +92,26 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
 
 def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric: the means before and after, their ``delta`` and ``relative`` change, and, with rows that
-    carry a ``seed``, ``delta_std``: the std of the per-seed deltas (the spread a result must beat)."""
+    carry a ``seed``, ``delta_std``: the std of the per-seed deltas over the seeds both sides have (the
+    spread a result must beat). Metrics only one side has are left out."""
     b, a = summarize(before), summarize(after)
-    seeds = sorted({row["seed"] for row in [*before, *after] if "seed" in row})
+    seeds = sorted({r["seed"] for r in before if "seed" in r} & {r["seed"] for r in after if "seed" in r})
+
+    def seed_mean(rows: Sequence[dict[str, float]], seed, name: str) -> float:
+        return summarize([r for r in rows if r.get("seed") == seed]).get(name, {"mean": math.nan})["mean"]
+
     table = {}
     for name in [n for n in b if n in a]:
         delta = a[name]["mean"] - b[name]["mean"]
-        per_seed = [summarize([r for r in after if r.get("seed") == s])[name]["mean"]
-                    - summarize([r for r in before if r.get("seed") == s])[name]["mean"] for s in seeds]
+        per_seed = [seed_mean(after, s, name) - seed_mean(before, s, name) for s in seeds]
         per_seed = torch.tensor([d for d in per_seed if math.isfinite(d)], dtype=torch.float64)
-        table[name] = {"before": b[name]["mean"], "after": a[name]["mean"], "delta": delta,
-                       "relative": delta / abs(b[name]["mean"]) if b[name]["mean"] else math.nan,
-                       "delta_std": float(per_seed.std()) if len(per_seed) > 1 else math.nan}
+        table[name] = {
+            "before": b[name]["mean"],
+            "after": a[name]["mean"],
+            "delta": delta,
+            "relative": delta / abs(b[name]["mean"]) if b[name]["mean"] else math.nan,
+            "delta_std": float(per_seed.std()) if len(per_seed) > 1 else math.nan,
+        }
     return table
 
 
@@ -105,7 +120,9 @@ def comparison_table(comparison: dict[str, dict[str, float]]) -> str:
     lines = ["| metric | before | after | delta (± over seeds) | relative |", "|---|---|---|---|---|"]
     for name, c in comparison.items():
         spread = "" if math.isnan(c["delta_std"]) else f" ± {c['delta_std']:.2g}"
-        lines.append(f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} |")
+        lines.append(
+            f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} |"
+        )
     return "\n".join(lines)
 
 

@@ -76,7 +76,9 @@ def procedural_clips(
         "frozen": broken.freeze_frames(video),
         "warped": broken.warp_nonrigid(video, 0.04 * width, generator),
         "crossfade": broken.crossfade(video, render(make_scene(seed + 10_000), trajectory, K, height, width).frames),
-        "wrong_speed": render(scene, resample_trajectory(trajectory, progress**2 * (num_frames - 1)), K, height, width).frames,
+        "wrong_speed": render(
+            scene, resample_trajectory(trajectory, progress**2 * (num_frames - 1)), K, height, width
+        ).frames,
         "blurred": broken.blur(video, 0.03 * width),
     }
     clip = Clip(video, trajectory, K.expand(num_frames, 3, 3).clone(), f"scene {seed} {direction}")
@@ -117,7 +119,10 @@ def folder_variants(clip: Clip, seed: int = 0, drift_degrees: float = 5.0) -> di
     generator = torch.Generator().manual_seed(seed)
     num_frames, width = len(clip.video), clip.video.shape[-1]
     drift = yaw_matrix(torch.linspace(0, math.radians(drift_degrees), num_frames, dtype=torch.float64))
-    wrong = (make_pose(drift.transpose(-1, -2), torch.zeros(num_frames, 3, dtype=torch.float64)) @ clip.cam_from_world.double()).float()
+    wrong = (
+        make_pose(drift.transpose(-1, -2), torch.zeros(num_frames, 3, dtype=torch.float64))
+        @ clip.cam_from_world.double()
+    ).float()
     videos = {
         "frozen": broken.freeze_frames(clip.video),
         "warped": broken.warp_nonrigid(clip.video, 0.04 * width, generator),
@@ -155,7 +160,9 @@ def variant_aucs(
     variants = list(broken_scores[0])
     return {
         name: {
-            v: ranking_auc(torch.tensor([c[name] for c in consistent]), torch.tensor([b[v][name] for b in broken_scores]))
+            v: ranking_auc(
+                torch.tensor([c[name] for c in consistent]), torch.tensor([b[v][name] for b in broken_scores])
+            )
             for v in variants
         }
         for name in consistent[0]

@@ -11,9 +11,10 @@ Convention:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 from torch.nn import Parameter
@@ -34,7 +35,8 @@ class VideoPolicy(Protocol):
         """``(C, T', H', W')`` of a video of that size; a ``ValueError`` for a size the policy cannot generate."""
 
     def generated_latents(self, videos: Tensor) -> Tensor:
-        """The latents ``(B, C, T', H', W')`` the policy would generate for videos ``(B, T, 3, H, W)`` (SFT's targets)."""
+        """The latents ``(B, C, T', H', W')`` the policy would generate for videos ``(B, T, 3, H, W)`` (SFT's
+        targets)."""
 
     def velocity(self, latents: Tensor, t: Tensor, cond: Any) -> Tensor:
         """``v_theta(x_t, t | cond)`` for latents ``(B, C, T', H', W')`` and times ``t (B,)``."""

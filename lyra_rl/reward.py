@@ -21,10 +21,11 @@ import importlib
 import logging
 import math
 import multiprocessing
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -135,8 +136,11 @@ class VideoReward:
         for b in range(len(videos)):
             try:
                 value, diag = self.score_video(
-                    videos[b], cameras.cam_from_world[b], cameras.intrinsics[b],
-                    image=None if images is None else images[b], cache=caches[b],
+                    videos[b],
+                    cameras.cam_from_world[b],
+                    cameras.intrinsics[b],
+                    image=None if images is None else images[b],
+                    cache=caches[b],
                 )
                 ok = True
             except EstimationError as error:
@@ -272,8 +276,10 @@ class RewardSet:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.num_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(self.rewards,),
+                self.num_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.rewards,),
             )
         return self._pool
 

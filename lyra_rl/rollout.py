@@ -29,7 +29,9 @@ class Rollout:
     log_probs: Tensor
 
 
-def guided_velocity(policy: VideoPolicy, x: Tensor, t: Tensor, cond: Any, uncond: Any = None, guidance_scale: float = 1.0) -> Tensor:
+def guided_velocity(
+    policy: VideoPolicy, x: Tensor, t: Tensor, cond: Any, uncond: Any = None, guidance_scale: float = 1.0
+) -> Tensor:
     """The policy's velocity, with classifier-free guidance toward ``cond`` and away from ``uncond``
     when ``guidance_scale != 1`` (two forward passes; ``uncond`` is e.g. the negative prompt's condition)."""
     v = policy.velocity(x, t, cond)
@@ -98,12 +100,21 @@ def rollout(
     x = noise
     for k in range(len(sigmas) - 1):
         steps = [
-            denoising_step(policy, x[part], sigmas[k], sigmas[k + 1], cond[part], None if uncond is None else uncond[part],
-                           guidance_scale, noise_level if sde_mask[k] else 0.0,
-                           noise=step_noise[k][part] if sde_mask[k] else None)
+            denoising_step(
+                policy,
+                x[part],
+                sigmas[k],
+                sigmas[k + 1],
+                cond[part],
+                None if uncond is None else uncond[part],
+                guidance_scale,
+                noise_level if sde_mask[k] else 0.0,
+                noise=step_noise[k][part] if sde_mask[k] else None,
+            )
             for part in micro_batches(len(x), micro_batch_size)
         ]
         x = torch.cat([step.prev_sample for step in steps])
-        log_probs[:, k] = torch.cat([step.log_prob for step in steps]).float().cpu()
+        if sde_mask[k]:  # ODE steps have no log-prob (0)
+            log_probs[:, k] = torch.cat([step.log_prob for step in steps]).float().cpu()
         states.append(x)
     return Rollout(torch.stack(states), log_probs)

@@ -38,14 +38,24 @@ def write_video(path: str | Path, video: Tensor, fps: float = 8.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    with imageio.get_writer(path, "ffmpeg", fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                            ffmpeg_log_level="error", pixelformat="yuv420p") as writer:
+    with imageio.get_writer(
+        path,
+        "ffmpeg",
+        fps=fps,
+        codec="libx264",
+        quality=8,
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        pixelformat="yuv420p",
+    ) as writer:
         for frame in frames:
             writer.append_data(frame)
     return path
 
 
-def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: str = "camera paths (top view)") -> Path:
+def plot_trajectories(
+    trajectories: dict[str, Tensor], path: str | Path, title: str = "camera paths (top view)"
+) -> Path:
     """Draws camera centers ``(T, 4, 4)`` extrinsics from above (x right, z forward up the page) with headings."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,8 +68,17 @@ def plot_trajectories(trajectories: dict[str, Tensor], path: str | Path, title: 
         centers, forward = world_from_cam[:, :3, 3], world_from_cam[:, :3, 2]
         ax.plot(centers[:, 0], centers[:, 2], "-", color="tab:blue")
         step = max(1, len(centers) // 8)
-        ax.quiver(centers[::step, 0], centers[::step, 2], forward[::step, 0], forward[::step, 2],
-                  angles="xy", scale_units="xy", scale=4 / half, width=0.012, color="tab:red")
+        ax.quiver(
+            centers[::step, 0],
+            centers[::step, 2],
+            forward[::step, 0],
+            forward[::step, 2],
+            angles="xy",
+            scale_units="xy",
+            scale=4 / half,
+            width=0.012,
+            color="tab:red",
+        )
         ax.plot(centers[0, 0], centers[0, 2], "ko", markersize=3)
         ax.set_title(name, fontsize=9)
         ax.set_aspect("equal")

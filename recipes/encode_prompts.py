@@ -29,11 +29,22 @@ class EncodePromptsConfig:
     > conditions, negative_prompt, policy, wan_model_path, output, batch_size.
     """
 
-    conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
-    negative_prompt: str = field(default="", metadata={"help": "Also encoded (the unconditional branch of classifier-free guidance)."})
-    policy: str = field(default="tiny", metadata={"help": "'tiny' (its built-in encoder) or 'wan2.1-1.3b' (needs wan_model_path)."})
-    wan_model_path: str | None = field(default=None, metadata={"help": "Wan2.1 folder holding the text encoder (original or diffusers layout)."})
-    output: str = field(default="outputs/prompt_embeddings.safetensors", metadata={"help": "The safetensors file written."})
+    conditions: str = field(
+        default="procedural",
+        metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."},
+    )
+    negative_prompt: str = field(
+        default="", metadata={"help": "Also encoded (the unconditional branch of classifier-free guidance)."}
+    )
+    policy: str = field(
+        default="tiny", metadata={"help": "'tiny' (its built-in encoder) or 'wan2.1-1.3b' (needs wan_model_path)."}
+    )
+    wan_model_path: str | None = field(
+        default=None, metadata={"help": "Wan2.1 folder holding the text encoder (original or diffusers layout)."}
+    )
+    output: str = field(
+        default="outputs/prompt_embeddings.safetensors", metadata={"help": "The safetensors file written."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Prompts per encoder call."})
 
 

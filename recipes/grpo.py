@@ -1,7 +1,7 @@
 """GRPO fine-tuning of the camera-conditioned Wan policy's LoRA adapters, scored by the 3D reward suite.
 
-    accelerate launch recipes/grpo.py --config recipes/configs/grpo_tiny.yaml [--max_steps 50 ...]
-    python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml       # one process
+accelerate launch recipes/grpo.py --config recipes/configs/grpo_tiny.yaml [--max_steps 50 ...]
+python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml       # one process
 """
 
 from lyra_rl.training import GRPOConfig, GRPOTrainer

@@ -50,7 +50,9 @@ class ScoreProceduralConfig:
         metadata={"help": "Reward names (entry points) or 'package.module:Class' paths."},
     )
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward (default 1)."})
-    reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options: {name: {option: value}}."})
+    reward_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Per-reward options: {name: {option: value}}."}
+    )
     num_workers: int = field(default=2, metadata={"help": "Reward worker processes (0: score in this process)."})
 
     def __post_init__(self) -> None:
@@ -66,24 +68,47 @@ def write_report(config: ScoreProceduralConfig, consistent: list[dict], broken: 
     names = list(aucs)
     mean = lambda xs: float(torch.tensor(xs).nanmean())  # noqa: E731
     lines = [
-        f"# Reward report: {config.num_scenes} procedural scenes, {config.num_frames} frames at {config.width}x{config.height}",
-        "", "## Mean reward (higher is better)", "",
-        "| reward | consistent | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 2) + "|",
+        f"# Reward report: {config.num_scenes} procedural scenes, {config.num_frames} frames at "
+        f"{config.width}x{config.height}",
+        "",
+        "## Mean reward (higher is better)",
+        "",
+        "| reward | consistent | " + " | ".join(VARIANTS) + " |",
+        "|---" * (len(VARIANTS) + 2) + "|",
     ]
     lines += [
-        f"| {n} | {mean([c[n] for c in consistent]):.3f} | " + " | ".join(f"{mean([b[v][n] for b in broken]):.3f}" for v in VARIANTS) + " |"
+        f"| {n} | {mean([c[n] for c in consistent]):.3f} | "
+        + " | ".join(f"{mean([b[v][n] for b in broken]):.3f}" for v in VARIANTS)
+        + " |"
         for n in names
     ]
-    lines += ["", "## AUC of ranking the consistent clip above the broken one", "",
-              "| reward | " + " | ".join(VARIANTS) + " |", "|---" * (len(VARIANTS) + 1) + "|"]
+    lines += [
+        "",
+        "## AUC of ranking the consistent clip above the broken one",
+        "",
+        "| reward | " + " | ".join(VARIANTS) + " |",
+        "|---" * (len(VARIANTS) + 1) + "|",
+    ]
     lines += [f"| {n} | " + " | ".join(f"{aucs[n][v]:.2f}" for v in VARIANTS) + " |" for n in names]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "scores.json").write_text(json.dumps({"config": asdict(config), "consistent": consistent, "broken": broken, "auc": aucs}, indent=1))
+    (out / "scores.json").write_text(
+        json.dumps({"config": asdict(config), "consistent": consistent, "broken": broken, "auc": aucs}, indent=1)
+    )
     fig, ax = plt.subplots(figsize=(0.8 * len(VARIANTS) + 2.5, 0.5 * len(names) + 1.8))
     grid = torch.tensor([[aucs[n][v] for v in VARIANTS] for n in names])
     ax.imshow(grid.nan_to_num(0.5), vmin=0.5, vmax=1.0, cmap="viridis")
-    for (r, c), value in zip(torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(VARIANTS))).tolist(), grid.flatten().tolist()):
-        ax.text(c, r, "n/a" if math.isnan(value) else f"{value:.2f}", ha="center", va="center", color="k" if value > 0.8 else "w", fontsize=8)
+    for (r, c), value in zip(
+        torch.cartesian_prod(torch.arange(len(names)), torch.arange(len(VARIANTS))).tolist(), grid.flatten().tolist()
+    ):
+        ax.text(
+            c,
+            r,
+            "n/a" if math.isnan(value) else f"{value:.2f}",
+            ha="center",
+            va="center",
+            color="k" if value > 0.8 else "w",
+            fontsize=8,
+        )
     ax.set_xticks(range(len(VARIANTS)), VARIANTS, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_title("AUC: consistent ranked above broken")

@@ -45,8 +45,16 @@ def make_trainer(output_dir, accelerator=None, **overrides):
     from lyra_rl.training import GRPOConfig, GRPOTrainer, make_accelerator
     from policies import PolicyConfig, build_policy
 
-    settings = dict(output_dir=str(output_dir), learning_rate=1e-2, epsilon=0.2, beta=0.05,
-                    train_timestep_fraction=1.0, num_sampling_steps=4, conditions_per_step=2, num_generations=4)
+    settings = dict(
+        output_dir=str(output_dir),
+        learning_rate=1e-2,
+        epsilon=0.2,
+        beta=0.05,
+        train_timestep_fraction=1.0,
+        num_sampling_steps=4,
+        conditions_per_step=2,
+        num_generations=4,
+    )
     policy_fields = {f.name for f in fields(PolicyConfig)}
     config = GRPOConfig(**{k: v for k, v in {**settings, **overrides}.items() if k not in policy_fields})
     policy_config = PolicyConfig(**{k: v for k, v in overrides.items() if k in policy_fields})
@@ -65,8 +73,9 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
 
     conditions_per_step, output_dir = int(sys.argv[1]), sys.argv[2]
     # one held-out condition: the second process has no share of it (sharded, it must join the forward passes)
-    settings = dict(conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1,
-                    max_grad_norm=1e-3)  # the gradient norms are ~5e-3: every step clips (Adam's first moment shows it)
+    settings = dict(
+        conditions_per_step=conditions_per_step, max_steps=3, save_steps=100, eval_conditions=1, max_grad_norm=1e-3
+    )  # the gradient norms are ~5e-3: every step clips (Adam's first moment shows it)
     trainer = make_trainer(output_dir, **settings)
     history = [trainer.train_step() for _ in range(2)]
     evaluation = trainer.evaluate()
@@ -76,10 +85,16 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     trainer.train_step(), resumed.train_step()  # step 3's update uses the optimizer state of steps 1-2
     after, resumed_after = trainer.trained_state_dict(), resumed.trained_state_dict()
 
-    policy, blocks, engine = trainer.policy, trainer.policy.transformer.blocks, getattr(trainer.backend, "engine", None)
+    policy, blocks, engine = (
+        trainer.policy,
+        trainer.policy.transformer.blocks,
+        getattr(trainer.backend, "engine", None),
+    )
     local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in blocks.parameters())
     held = local / sum(p.numel() for p in blocks.parameters())
-    moments = [t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()]  # (ZeRO: its partition)
+    moments = [
+        t for state in trainer.optimizer.state.values() for t in state.values() if t.dim()
+    ]  # (ZeRO: its partition)
     local_moments = sum(t.to_local().numel() if isinstance(t, DTensor) else t.numel() for t in moments)
     trained = sum(p.numel() for p in policy.trained_parameters().values())
     cond, _ = trainer.policy_conditions(trainer.conditions([0], held_out=True))
@@ -88,22 +103,26 @@ if __name__ == "__main__":  # run under `accelerate launch`: prints the run's nu
     gathered = not isinstance(blocks[0].attn1.to_q.base_layer.weight, DTensor)
     reshard(policy)
     if trainer.accelerator.is_main_process:
-        print(json.dumps({
-            "num_processes": trainer.accelerator.num_processes,
-            "sharded": trainer.backend.joins_every_forward,
-            "block_weights_held": held,
-            "optimizer_state_held": local_moments / (2 * trained),  # AdamW: two moments per trained element
-            "zero_stage": engine.zero_optimization_stage() if engine else None,
-            "gradient_bucket": engine.optimizer.reduce_bucket_size / trained if engine else None,
-            "gathered_after_no_grad_forward": gathered,
-            "loss": [h["loss"] for h in history],
-            "grad_norm": [h["grad_norm"] for h in history],
-            "first_ratio": [history[0]["ratio_min"], history[0]["ratio_max"]],
-            "trained_dtypes": sorted({str(p.dtype) for p in policy.trained_parameters().values()}),
-            "frozen_dtype": str(blocks[0].attn1.to_q.base_layer.weight.dtype),
-            "reward": [h["reward/total"] for h in history],
-            "advantages": trainer.last_advantages.tolist(),
-            "eval": evaluation,
-            "resumed_weight_diff": max(float((after[k] - resumed_after[k]).abs().max()) for k in after),
-        }))
+        print(
+            json.dumps(
+                {
+                    "num_processes": trainer.accelerator.num_processes,
+                    "sharded": trainer.backend.joins_every_forward,
+                    "block_weights_held": held,
+                    "optimizer_state_held": local_moments / (2 * trained),  # AdamW: two moments per trained element
+                    "zero_stage": engine.zero_optimization_stage() if engine else None,
+                    "gradient_bucket": engine.optimizer.reduce_bucket_size / trained if engine else None,
+                    "gathered_after_no_grad_forward": gathered,
+                    "loss": [h["loss"] for h in history],
+                    "grad_norm": [h["grad_norm"] for h in history],
+                    "first_ratio": [history[0]["ratio_min"], history[0]["ratio_max"]],
+                    "trained_dtypes": sorted({str(p.dtype) for p in policy.trained_parameters().values()}),
+                    "frozen_dtype": str(blocks[0].attn1.to_q.base_layer.weight.dtype),
+                    "reward": [h["reward/total"] for h in history],
+                    "advantages": trainer.last_advantages.tolist(),
+                    "eval": evaluation,
+                    "resumed_weight_diff": max(float((after[k] - resumed_after[k]).abs().max()) for k in after),
+                }
+            )
+        )
     trainer.accelerator.end_training()  # destroy the process group: gloo may abort at exit otherwise

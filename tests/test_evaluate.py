@@ -24,7 +24,9 @@ def test_a_video_that_follows_its_command_has_small_camera_errors():
     videos = torch.stack([rendered("forward_left"), rendered("forward_right")])
     cameras = Cameras.from_trajectory(trajectory_preset("forward_left", 9), K, batch_size=2)
     with RewardSet.from_names(["pose_consistency", "epipolar"]) as reward_set:
-        (true, wrong), paths = evaluate_videos(videos, cameras, ["", ""], reward_set, references=videos[:1].expand(2, -1, -1, -1, -1))
+        (true, wrong), paths = evaluate_videos(
+            videos, cameras, ["", ""], reward_set, references=videos[:1].expand(2, -1, -1, -1, -1)
+        )
     assert true["camera_failed"] == wrong["camera_failed"] == 0.0 and paths[0].shape == (9, 4, 4)
     assert true["rot_err_deg"] < 3.0 < 10.0 < wrong["rot_err_deg"]
     assert true["camera_control"] > 0.7 > wrong["camera_control"] and true["rot_err"] < wrong["rot_err"]
@@ -51,12 +53,24 @@ def test_evaluate_command_on_a_folder(tmp_path, capsys):
     assert main(["evaluate", str(folder), "--out", str(tmp_path / "out"), "--rewards", "pose_consistency"]) == 2
     assert "bad.mp4: no bad.direction beside it and no --direction given" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written before every input is checked
-    code = main(["evaluate", str(folder), "--out", str(tmp_path / "out"), "--direction", "forward_left",
-                 "--rewards", "pose_consistency"])
+    code = main(
+        [
+            "evaluate",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+            "--direction",
+            "forward_left",
+            "--rewards",
+            "pose_consistency",
+        ]
+    )
     assert code == 0 and "| `rot_err_deg` |" in capsys.readouterr().out
     result = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     rows = {row["video"]: row for row in result["videos"]}
     assert rows["good.mp4"]["rot_err_deg"] < rows["bad.mp4"]["rot_err_deg"]
-    assert (tmp_path / "out" / "trajectories" / "good.png").is_file() and (tmp_path / "out" / "evaluation.md").is_file()
+    assert (tmp_path / "out" / "trajectories" / "good.png").is_file() and (
+        tmp_path / "out" / "evaluation.md"
+    ).is_file()
     assert main(["compare", str(tmp_path / "out" / "evaluation.json"), str(tmp_path / "out" / "evaluation.json")]) == 0
     assert "| `rot_err_deg` |" in capsys.readouterr().out

@@ -39,7 +39,9 @@ class Darkness(Brightness):
 
 def batch(num_videos=3, frames=4, height=8, width=12):
     videos = torch.rand(num_videos, frames, 3, height, width, generator=torch.Generator().manual_seed(0))
-    cameras = Cameras.from_trajectory(trajectory_preset("forward", frames), default_intrinsics(height, width), num_videos)
+    cameras = Cameras.from_trajectory(
+        trajectory_preset("forward", frames), default_intrinsics(height, width), num_videos
+    )
     return videos, cameras, ["a prompt"] * num_videos
 
 
@@ -62,7 +64,14 @@ class TestValidation:
 
 class TestRegistry:
     def test_builtins_register_through_entry_points(self):
-        assert {"pose_consistency", "epipolar", "reprojection", "feature_matching", "perceptual", "point_cloud"} <= set(available_rewards())
+        assert {
+            "pose_consistency",
+            "epipolar",
+            "reprojection",
+            "feature_matching",
+            "perceptual",
+            "point_cloud",
+        } <= set(available_rewards())
         assert load_reward("epipolar", tau_px=2.0).tau_px == 2.0
 
     def test_dotted_path(self):
@@ -76,7 +85,8 @@ class TestRegistry:
         """A tiny package with a ``lyra_rl.rewards`` entry point is found by name, like the built-ins."""
         site = tmp_path / "site"
         (site / "tiny_plugin").mkdir(parents=True)
-        (site / "tiny_plugin" / "__init__.py").write_text(textwrap.dedent('''
+        (site / "tiny_plugin" / "__init__.py").write_text(
+            textwrap.dedent("""
             from lyra_rl.reward import VideoReward
 
             class Redness(VideoReward):
@@ -85,12 +95,13 @@ class TestRegistry:
 
                 def score_video(self, video, cam_from_world, intrinsics, *, image, cache):
                     return float(video[:, 0].mean()), {}
-        '''))
+        """)
+        )
         dist = site / "tiny_plugin-0.1.dist-info"
         dist.mkdir()
         (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-plugin\nVersion: 0.1\n")
         (dist / "entry_points.txt").write_text("[lyra_rl.rewards]\nredness = tiny_plugin:Redness\n")
-        script = textwrap.dedent('''
+        script = textwrap.dedent("""
             import torch
             from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
             from lyra_rl.reward import RewardSet, available_rewards
@@ -98,7 +109,7 @@ class TestRegistry:
             videos = torch.zeros(2, 3, 3, 8, 8); videos[1, :, 0] = 1
             cams = Cameras.from_trajectory(trajectory_preset("left", 3), default_intrinsics(8, 8), 2)
             print(RewardSet.from_names(["redness"])(videos, cams, ["", ""]).total.tolist())
-        ''')
+        """)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "[0.0, 1.0]"

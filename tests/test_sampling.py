@@ -50,7 +50,12 @@ class TestShiftedSigmas:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"num_steps": 0}, {"num_steps": 4, "shift": 0.0}, {"num_steps": 4, "sigma_min": 1.0}, {"num_steps": 4, "sigma_min": -0.1}],
+        [
+            {"num_steps": 0},
+            {"num_steps": 4, "shift": 0.0},
+            {"num_steps": 4, "sigma_min": 1.0},
+            {"num_steps": 4, "sigma_min": -0.1},
+        ],
     )
     def test_errors(self, kwargs):
         with pytest.raises(ValueError):

@@ -7,8 +7,15 @@ from policies import PolicyConfig, build_policy
 
 def make_sft_trainer(output_dir, **overrides) -> SFTTrainer:
     """The tiny policy (LoRA r8 and camera modules trained), procedural videos of 9x32x48, no rewards."""
-    config = SFTConfig(**{"output_dir": str(output_dir), "learning_rate": 1e-2, "conditions_per_step": 4,
-                          "eval_conditions": 0, **overrides})
+    config = SFTConfig(
+        **{
+            "output_dir": str(output_dir),
+            "learning_rate": 1e-2,
+            "conditions_per_step": 4,
+            "eval_conditions": 0,
+            **overrides,
+        }
+    )
     accelerator = make_accelerator("no", cpu=True)
     return SFTTrainer(config, build_policy(PolicyConfig(), config.seed, accelerator), None, accelerator)
 
@@ -18,10 +25,13 @@ def held_out_loss(trainer: SFTTrainer) -> float:
     batch = trainer.conditions([0, 1, 2, 3], held_out=True)
     cond, _ = trainer.policy_conditions(batch)
     x0 = trainer.policy.generated_latents(batch.videos)
-    x_t, target = noised_sample(x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(9)),
-                                torch.tensor([0.2, 0.4, 0.6, 0.8]))
+    x_t, target = noised_sample(
+        x0, torch.randn(x0.shape, generator=torch.Generator().manual_seed(9)), torch.tensor([0.2, 0.4, 0.6, 0.8])
+    )
     with torch.no_grad():
-        return float(flow_matching_loss(trainer.policy.velocity(x_t, torch.tensor([0.2, 0.4, 0.6, 0.8]), cond), target))
+        return float(
+            flow_matching_loss(trainer.policy.velocity(x_t, torch.tensor([0.2, 0.4, 0.6, 0.8]), cond), target)
+        )
 
 
 def test_sft_lowers_the_held_out_flow_matching_loss(tmp_path):
@@ -51,8 +61,12 @@ def test_sft_runs_on_the_shared_machinery(tmp_path, capsys):
     assert [h["step"] for h in history] == [1, 2] and all(h["loss"] > 0 for h in history)
     assert "SFT" in capsys.readouterr().err
     assert {p.name for p in (tmp_path / "checkpoint-2").iterdir()} == {
-        "pytorch_lora_weights.safetensors", "camera_modules.safetensors", "trainer_state.pt"}
+        "pytorch_lora_weights.safetensors",
+        "camera_modules.safetensors",
+        "trainer_state.pt",
+    }
     assert (tmp_path / "samples" / "step-2-0.mp4").is_file() and any((tmp_path / "logs").iterdir())
     assert (tmp_path / "loss_curve.png").is_file()
+    assert history[-1]["eval/loss"] > 0 and trainer.evaluate()["eval/loss"] == history[-1]["eval/loss"]  # fixed noise
     resumed = make_sft_trainer(tmp_path, max_steps=2, resume=True)
     assert resumed.train() == history  # nothing left to do: the history comes back from the checkpoint

@@ -32,7 +32,9 @@ def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: 
     torch.manual_seed(0)
     model = HalfShardedModel(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
     accelerator = types.SimpleNamespace(num_processes=world, reduce=mean_over_processes)
-    backend = FullySharded(accelerator, model, learning_rate=0.1, weight_decay=0.01, max_grad_norm=0.5, samples_per_process=4)
+    backend = FullySharded(
+        accelerator, model, learning_rate=0.1, weight_decay=0.01, max_grad_norm=0.5, samples_per_process=4
+    )
     assert backend.optimizer.defaults["foreach"] is False  # on GPUs foreach kernels would mix DTensors and tensors
     model(torch.randn(4, 5)).square().sum().backward()
     backend.optimizer.zero_grad = lambda set_to_none=True: None  # keep the clipped gradients to compare them

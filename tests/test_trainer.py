@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from grpo_helpers import make_trainer
+
 from lyra_rl.training import latest_checkpoint
 from lyra_rl.video import read_video
 
@@ -57,8 +57,18 @@ def test_second_inner_epoch_moves_the_ratio(tmp_path):
     assert trainer.train_step()["learning_rate"] == pytest.approx(0.5e-2)  # 2 of 4 optimizer steps done
 
 
-@pytest.mark.parametrize("given, scale", [("group", "group"), ("batch", "batch"), ("none", "none"), (True, "group"),
-                                          (False, "none"), ("true", "group"), ("False", "none")])
+@pytest.mark.parametrize(
+    "given, scale",
+    [
+        ("group", "group"),
+        ("batch", "batch"),
+        ("none", "none"),
+        (True, "group"),
+        (False, "none"),
+        ("true", "group"),
+        ("False", "none"),
+    ],
+)
 def test_scale_rewards_takes_trls_values(given, scale):
     from lyra_rl.training import GRPOConfig
 
@@ -100,7 +110,9 @@ def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
         assert a["reward/total"] == pytest.approx(b["reward/total"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-9)
-    assert [h["learning_rate"] for h in full] == pytest.approx([0.5e-2, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9)  # warm-up, cosine
+    assert [h["learning_rate"] for h in full] == pytest.approx(
+        [0.5e-2, 1e-2, 0.75e-2, 0.25e-2], abs=1e-9
+    )  # warm-up, cosine
     run = tmp_path / "full"
     assert (run / "reward_curve.png").is_file() and (run / "samples" / "step-4-1.mp4").is_file()
     assert (run / "checkpoint-4" / "pytorch_lora_weights.safetensors").is_file() and any((run / "logs").iterdir())
@@ -111,10 +123,23 @@ def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
 
     logs = EventAccumulator(str(run / "logs")).Reload()
     scalars = set(logs.Tags()["scalars"])
-    assert {"reward/total", "reward/brightness", "eval/reward/brightness", "loss", "policy_loss", "kl", "clip_fraction",
-            "ratio_mean", "ratio_min", "ratio_max", "grad_norm", "learning_rate", "failed/brightness",
-            "diagnostics/brightness/contrast", *(f"time/{phase}" for phase in
-            ("conditions", "rollout", "decode", "reward", "update"))} <= scalars
+    assert {
+        "reward/total",
+        "reward/brightness",
+        "eval/reward/brightness",
+        "loss",
+        "policy_loss",
+        "kl",
+        "clip_fraction",
+        "ratio_mean",
+        "ratio_min",
+        "ratio_max",
+        "grad_norm",
+        "learning_rate",
+        "failed/brightness",
+        "diagnostics/brightness/contrast",
+        *(f"time/{phase}" for phase in ("conditions", "rollout", "decode", "reward", "update")),
+    } <= scalars
     assert [event.step for event in logs.Scalars("reward/total")] == [1, 2, 3, 4]
     assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
 
@@ -126,7 +151,9 @@ def test_a_checkpoint_of_version_0_1_resumes(tmp_path):
 
     fixture = Path(__file__).parent / "fixtures" / "checkpoint_v0.1"
     shutil.copytree(fixture / "checkpoint-2", tmp_path / "checkpoint-2")
-    trainer = make_trainer(tmp_path, max_steps=3, save_steps=2, eval_conditions=0, lora_r=2, lora_alpha=2.0, resume=True)
+    trainer = make_trainer(
+        tmp_path, max_steps=3, save_steps=2, eval_conditions=0, lora_r=2, lora_alpha=2.0, resume=True
+    )
     history = trainer.train()
     expected = json.loads((fixture / "step-3.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]  # the two steps of the checkpoint's history, then step 3
@@ -160,7 +187,9 @@ def test_only_the_drawn_fraction_of_steps_is_sde_sampled_and_trained(tmp_path, m
 
     trainer = make_trainer(tmp_path, train_timestep_fraction=0.5, num_sampling_steps=4, max_steps=3)
     rollouts, replayed, run = [], [], trainer_module.rollout
-    monkeypatch.setattr(trainer_module, "rollout", lambda *args, **kwargs: rollouts.append(run(*args, **kwargs)) or rollouts[-1])
+    monkeypatch.setattr(
+        trainer_module, "rollout", lambda *args, **kwargs: rollouts.append(run(*args, **kwargs)) or rollouts[-1]
+    )
     step_loss = trainer.step_loss
     trainer.step_loss = lambda result, k, *args: replayed.append(k) or step_loss(result, k, *args)
     draws = []
@@ -190,7 +219,9 @@ def test_samples_draw_the_camera_path_the_video_took(tmp_path, monkeypatch):
     video = render(make_scene(7), trajectory_preset("forward_right", 12), K, 64, 96).frames
     commanded = Cameras.from_trajectory(trajectory_preset("forward_left", 12), K)
     drawn, draw = {}, trainer_module.camera_path_video
-    monkeypatch.setattr(trainer_module, "camera_path_video", lambda video, paths: drawn.update(paths) or draw(video, paths))
+    monkeypatch.setattr(
+        trainer_module, "camera_path_video", lambda video, paths: drawn.update(paths) or draw(video, paths)
+    )
     trainer.write_sample(tmp_path / "sample.mp4", video, commanded)
     assert set(drawn) == {"commanded", "estimated"} and (tmp_path / "sample.mp4").is_file()
     taken = trajectory_preset("forward_right", 12)
@@ -224,16 +255,38 @@ def test_evaluation_is_deterministic_and_leaves_training_alone(tmp_path):
         assert a["loss"] == b["loss"] and a["reward/total"] == b["reward/total"]
 
 
-def launch_grpo_helper(output_dir: Path, num_processes: int, conditions_per_step: int, config_file: str | None = None,
-                       mixed_precision: str = "no", launch_args: tuple[str, ...] = ()) -> dict:
+def launch_grpo_helper(
+    output_dir: Path,
+    num_processes: int,
+    conditions_per_step: int,
+    config_file: str | None = None,
+    mixed_precision: str = "no",
+    launch_args: tuple[str, ...] = (),
+) -> dict:
     """Runs ``grpo_helpers.py`` under ``accelerate launch`` on CPU processes (2 steps, evaluation, checkpoint,
     resumed third step)."""
     script = Path(__file__).with_name("grpo_helpers.py")
     # the repository after tests/: its packages before tests/policies/, which would be a namespace package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(script.parent), str(script.parents[1])]),
-           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-              "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no", *launch_args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(script.parent), str(script.parents[1])]),
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        mixed_precision,
+        "--dynamo_backend",
+        "no",
+        *launch_args,
+    ]
     if config_file is not None:
         launch += ["--config_file", str(Path(__file__).parents[1] / "recipes" / "configs" / config_file)]
     command = [*launch, str(script), str(conditions_per_step), str(output_dir)]
@@ -266,14 +319,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, on
         assert run["resumed_weight_diff"] < 1e-7
 
 
-@pytest.mark.parametrize("config_file, launch_args, block_weights_held, gathered, zero_stage", [
-    pytest.param("accelerate_fsdp.yaml", (), 0.5, False, None, id="fsdp"),
-    pytest.param("accelerate_fsdp_grad_op.yaml", (), 0.5, True, None, id="fsdp-grad-op"),
-    pytest.param("accelerate_deepspeed_zero2.yaml", (), 1.0, None, 2, id="deepspeed-zero2"),
-    pytest.param("accelerate_deepspeed_zero2.yaml", ("--zero_stage", "1"), 1.0, None, 1, id="deepspeed-zero1"),
-])
-def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_file, launch_args, block_weights_held,
-                                              gathered, zero_stage):
+@pytest.mark.parametrize(
+    "config_file, launch_args, block_weights_held, gathered, zero_stage",
+    [
+        pytest.param("accelerate_fsdp.yaml", (), 0.5, False, None, id="fsdp"),
+        pytest.param("accelerate_fsdp_grad_op.yaml", (), 0.5, True, None, id="fsdp-grad-op"),
+        pytest.param("accelerate_deepspeed_zero2.yaml", (), 1.0, None, 2, id="deepspeed-zero2"),
+        pytest.param("accelerate_deepspeed_zero2.yaml", ("--zero_stage", "1"), 1.0, None, 1, id="deepspeed-zero1"),
+    ],
+)
+def test_sharded_training_matches_one_process(
+    tmp_path, one_process_run, config_file, launch_args, block_weights_held, gathered, zero_stage
+):
     """The shipped sharding configs on a 2-process CPU group: each process holds half of the optimizer state
     (FSDP shards each block's weights too, DeepSpeed ZeRO the trained weights' state only), the same
     numbers as one process, whole checkpoints (weights and optimizer state) that equal the one-process
@@ -292,12 +349,22 @@ def test_sharded_training_matches_one_process(tmp_path, one_process_run, config_
         assert sharded["gradient_bucket"] == 1.0
     assert_same_run(sharded, one)
     assert sharded["resumed_weight_diff"] < 1e-7
-    saved, reference = ({**load_file(d / "checkpoint-2" / "pytorch_lora_weights.safetensors"),
-                         **load_file(d / "checkpoint-2" / "camera_modules.safetensors")} for d in (tmp_path, one_dir))
+    saved, reference = (
+        {
+            **load_file(d / "checkpoint-2" / "pytorch_lora_weights.safetensors"),
+            **load_file(d / "checkpoint-2" / "camera_modules.safetensors"),
+        }
+        for d in (tmp_path, one_dir)
+    )
     assert saved.keys() == reference.keys()
     for key in saved:
-        torch.testing.assert_close(saved[key], reference[key], rtol=1e-2, atol=1e-4)  # Adam at lr 1e-2 amplifies GEMM noise
-    states = [torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=True)["optimizer"]["state"] for d in (tmp_path, one_dir)]
+        torch.testing.assert_close(
+            saved[key], reference[key], rtol=1e-2, atol=1e-4
+        )  # Adam at lr 1e-2 amplifies GEMM noise
+    states = [
+        torch.load(d / "checkpoint-2" / "trainer_state.pt", weights_only=True)["optimizer"]["state"]
+        for d in (tmp_path, one_dir)
+    ]
     assert states[0].keys() == states[1].keys()
     for index in states[0]:
         assert float(states[0][index]["step"]) == float(states[1][index]["step"]) == 2
@@ -367,8 +434,11 @@ def test_astra_layout_trains_and_checkpoints_its_camera_experts(tmp_path):
     trainer = make_trainer(tmp_path, camera_layout="astra", max_steps=1, save_steps=1)
     trainer.train()
     camera = load_file(tmp_path / "checkpoint-1" / "camera_modules.safetensors")
-    assert {"transformer.sekai_processor.projector.0.weight", "transformer.blocks.0.moe.experts.0.0.weight",
-            "transformer.blocks.1.projector.weight"} <= set(camera) and not any("lora_" in k for k in camera)
+    assert {
+        "transformer.sekai_processor.projector.0.weight",
+        "transformer.blocks.0.moe.experts.0.0.weight",
+        "transformer.blocks.1.projector.weight",
+    } <= set(camera) and not any("lora_" in k for k in camera)
     assert camera["transformer.blocks.0.moe.experts.0.0.weight"].abs().max() > 0  # moved from its zero init
     assert not any(".experts.1." in k or ".experts.2." in k for k in camera)  # only the routed expert trains
     lora = load_file(tmp_path / "checkpoint-1" / "pytorch_lora_weights.safetensors")
@@ -384,13 +454,20 @@ def test_checkpoint_lora_loads_in_diffusers_and_reproduces_the_policy(tmp_path):
 
     from policies.wan_camera import TRANSFORMER_CONFIGS
 
-    trainer = make_trainer(tmp_path, train_camera_modules=False, learning_rate=5e-2, max_steps=1, lora_r=8, lora_alpha=16)
+    trainer = make_trainer(
+        tmp_path, train_camera_modules=False, learning_rate=5e-2, max_steps=1, lora_r=8, lora_alpha=16
+    )
     trainer.train_step()
     checkpoint = trainer.save_checkpoint()
     assert not (checkpoint / "camera_modules.safetensors").exists()
     torch.manual_seed(trainer.config.seed)  # the policy's base weights: the same seed, the same first draws
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]),
-                       vae=trainer.policy.vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe = WanPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        transformer=WanTransformer3DModel(**TRANSFORMER_CONFIGS["tiny"]),
+        vae=trainer.policy.vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
     pipe.load_lora_weights(checkpoint)
     latents, text = torch.randn(2, 4, 3, 4, 6), torch.randn(2, 7, 32)
     timestep = torch.tensor([[500.0], [300.0]]).expand(2, 3 * 2 * 3)  # per token
@@ -436,7 +513,9 @@ def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path):
     micro = make_trainer(tmp_path / "micro", max_steps=2, train_micro_batch_size=3)  # 8 rollouts: 3 + 3 + 2
     for _ in range(2):
         a, b = full.train_step(), micro.train_step()
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4) and b["reward/total"] == pytest.approx(a["reward/total"], abs=1e-5)
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-4) and b["reward/total"] == pytest.approx(
+            a["reward/total"], abs=1e-5
+        )
         assert b["ratio_min"] == a["ratio_min"] == 1.0 and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     for (name, p), q in zip(full.policy.named_parameters(), micro.policy.parameters()):
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)  # Adam steps of ~1e-2 (lr) per step

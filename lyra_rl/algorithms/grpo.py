@@ -24,7 +24,8 @@ and per trained step, with ``rho = exp(log_prob - old_log_prob)`` and clip range
 
 .. math::
 
-    L = \\mathrm{mean}_i \\max\\big(-A_i \\rho_i,\\; -A_i\\, \\mathrm{clip}(\\rho_i, 1 - \\varepsilon, 1 + \\varepsilon)\\big)
+    L = \\mathrm{mean}_i \\max\\big(-A_i \\rho_i,\\;
+        -A_i\\, \\mathrm{clip}(\\rho_i, 1 - \\varepsilon, 1 + \\varepsilon)\\big)
         + \\beta\\, \\mathrm{mean}_i\\, \\mathrm{KL}_i.
 """
 
@@ -35,7 +36,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
 
 REWARD_SCALINGS = ("group", "batch", "none")
 

@@ -8,7 +8,8 @@ samples where sampling spends its steps (Wan trains with the shift it samples wi
 
 .. math::
 
-    L = \\mathrm{mean}_i\\; \\mathrm{mean}_{c, f, h, w}\\, \\big(v_\\theta(x_{t_i}, t_i \\mid c_i) - (\\varepsilon_i - x_{0,i})\\big)^2
+    L = \\mathrm{mean}_i\\; \\mathrm{mean}_{c, f, h, w}\\,
+        \\big(v_\\theta(x_{t_i}, t_i \\mid c_i) - (\\varepsilon_i - x_{0,i})\\big)^2
 """
 
 from __future__ import annotations

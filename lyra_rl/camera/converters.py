@@ -92,7 +92,9 @@ def load_trajectory(path: str | Path, num_frames: int | None = None, camera: str
         elif "frame0" in data:
             trajectory = from_multicam_extrinsics(data, camera)
         else:
-            raise ValueError(f"{path}: unknown trajectory JSON; expected 'cam_from_world', 'world_from_cam_opengl' or 'frameN' keys")
+            raise ValueError(
+                f"{path}: unknown trajectory JSON; expected 'cam_from_world', 'world_from_cam_opengl' or 'frameN' keys"
+            )
     else:
         trajectory, _ = from_realestate10k(text.splitlines(), height=1, width=1)
     if num_frames is not None and num_frames != trajectory.shape[0]:

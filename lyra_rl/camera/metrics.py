@@ -82,7 +82,9 @@ def trajectory_errors(estimated: Tensor, reference: Tensor) -> TrajectoryErrors:
     scale = optimal_scale(est[:, :3, 3], t_ref)
     trans_scaled = (scale * est[:, :3, 3] - t_ref).norm(dim=-1).mean()
     rot_deg = torch.rad2deg(rot).mean()
-    control = math.sqrt(max(0.0, 1 - min(float(rot_deg), 15.0) / 15) * max(0.0, 1 - min(float(trans_scaled), 0.5) / 0.5))
+    control = math.sqrt(
+        max(0.0, 1 - min(float(rot_deg), 15.0) / 15) * max(0.0, 1 - min(float(trans_scaled), 0.5) / 0.5)
+    )
     return TrajectoryErrors(
         rot_err=float(rot.sum()),
         trans_err=float((t_est - t_ref).norm(dim=-1).sum()),

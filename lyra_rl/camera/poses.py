@@ -114,8 +114,12 @@ def rotation_angle(rotation: Tensor) -> Tensor:
     # kornia.metrics.angle_error_mat is this formula but returns degrees; radians are needed here.
     cos = (rotation.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
     vee = torch.stack(
-        [rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
-         rotation[..., 1, 0] - rotation[..., 0, 1]], dim=-1,
+        [
+            rotation[..., 2, 1] - rotation[..., 1, 2],
+            rotation[..., 0, 2] - rotation[..., 2, 0],
+            rotation[..., 1, 0] - rotation[..., 0, 1],
+        ],
+        dim=-1,
     )
     return torch.atan2(vee.norm(dim=-1) / 2, cos)
 

@@ -35,7 +35,9 @@ def _heading_profile(direction: str, progress: Tensor, angle: float) -> tuple[Te
         "left_right": (bump, False),
     }
     if direction not in profiles:
-        raise ValueError(f"Unknown direction {direction!r}; expected one of {', '.join(DIRECTIONS)} or a trajectory file.")
+        raise ValueError(
+            f"Unknown direction {direction!r}; expected one of {', '.join(DIRECTIONS)} or a trajectory file."
+        )
     return profiles[direction]
 
 
@@ -74,8 +76,9 @@ def trajectory_preset(
     return invert_pose(world_from_cam).float()
 
 
-def random_trajectory(num_frames: int, generator: torch.Generator, *, distance: float = 1.5,
-                      angle_degrees: float = 40.0) -> Tensor:
+def random_trajectory(
+    num_frames: int, generator: torch.Generator, *, distance: float = 1.5, angle_degrees: float = 40.0
+) -> Tensor:
     """A random smooth camera path as MultiCamVideo builds its random ones, as ``cam_from_world (T, 4, 4)``.
 
     One to three waypoints after the start (each a camera center ahead of the start, up to ``distance`` away,
@@ -95,8 +98,14 @@ def random_trajectory(num_frames: int, generator: torch.Generator, *, distance: 
 
     count = int(torch.randint(1, 4, (1,), generator=generator))
     angle = math.radians(angle_degrees)
-    centers = torch.stack([(uniform(count) - 0.5) * distance, (uniform(count) - 0.5) * 0.2 * distance,
-                           uniform(count).cumsum(0) / count * distance], dim=1)
+    centers = torch.stack(
+        [
+            (uniform(count) - 0.5) * distance,
+            (uniform(count) - 0.5) * 0.2 * distance,
+            uniform(count).cumsum(0) / count * distance,
+        ],
+        dim=1,
+    )
     headings = torch.stack([(2 * uniform(count) - 1) * angle, (2 * uniform(count) - 1) * angle / 4], dim=1)
     waypoints = torch.cat([torch.zeros(1, 5, dtype=torch.float64), torch.cat([centers, headings], dim=1)])
     dense = torch.nn.functional.interpolate(waypoints.T[None], size=101, mode="linear", align_corners=True)[0]
@@ -112,7 +121,9 @@ def random_trajectory(num_frames: int, generator: torch.Generator, *, distance: 
     low = position.floor().long().clamp(max=99)
     weight = position - low
     path = (smooth[:, low] * (1 - weight) + smooth[:, low + 1] * weight).T  # (T, 5)
-    pitch = axis_angle_to_matrix(torch.stack([path[:, 4], torch.zeros_like(path[:, 4]), torch.zeros_like(path[:, 4])], -1))
+    pitch = axis_angle_to_matrix(
+        torch.stack([path[:, 4], torch.zeros_like(path[:, 4]), torch.zeros_like(path[:, 4])], -1)
+    )
     world_from_cam = make_pose(yaw_matrix(path[:, 3]) @ pitch, path[:, :3])
     return invert_pose(world_from_cam).float()
 

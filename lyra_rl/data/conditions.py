@@ -1,6 +1,7 @@
 """Conditions for rollouts: a first frame, a prompt and a commanded camera trajectory.
 
-The default source renders procedural scenes (``lyra_rl.data.scenes``, ``lyra_rl.data.renderer``), so a run needs no data set; users
+The default source renders procedural scenes (``lyra_rl.data.scenes``, ``lyra_rl.data.renderer``), so a run
+needs no data set; users
 bring a JSONL manifest or a folder of images with prompts. Either way the condition with global index
 ``i`` is a pure function of ``i`` (and the seed), whatever the number of processes, and a
 :class:`ConditionSource` keeps held-out conditions apart from the trained ones.
@@ -44,11 +45,18 @@ class ConditionBatch:
 
     def repeat(self, times: int) -> ConditionBatch:
         """Each condition ``times`` times in a row (the rollouts of a group), ``B * times`` in all."""
-        cameras = Cameras(self.cameras.cam_from_world.repeat_interleave(times, 0),
-                          self.cameras.intrinsics.repeat_interleave(times, 0))
+        cameras = Cameras(
+            self.cameras.cam_from_world.repeat_interleave(times, 0),
+            self.cameras.intrinsics.repeat_interleave(times, 0),
+        )
         videos = None if self.videos is None else self.videos.repeat_interleave(times, 0)
-        return ConditionBatch(self.images.repeat_interleave(times, 0), [p for p in self.prompts for _ in range(times)],
-                              cameras, self.ids.repeat_interleave(times), videos)
+        return ConditionBatch(
+            self.images.repeat_interleave(times, 0),
+            [p for p in self.prompts for _ in range(times)],
+            cameras,
+            self.ids.repeat_interleave(times),
+            videos,
+        )
 
 
 #: How procedural conditions command their cameras: the seven presets in turn, or random smooth paths.
@@ -65,8 +73,15 @@ def procedural_prompts() -> list[str]:
     return [procedural_prompt(n, d) for n in DEFAULT_NUM_BOXES for d in (*DIRECTIONS, RANDOM_PATH)]
 
 
-def procedural_conditions(seed: int, indices: list[int], num_frames: int, height: int, width: int,
-                          videos: bool = False, camera_paths: str = "presets") -> ConditionBatch:
+def procedural_conditions(
+    seed: int,
+    indices: list[int],
+    num_frames: int,
+    height: int,
+    width: int,
+    videos: bool = False,
+    camera_paths: str = "presets",
+) -> ConditionBatch:
     """Procedural conditions with global indices ``indices``: scene ``seed * 100003 + i``, along preset
     ``i mod 7`` or (``camera_paths="random"``) a random smooth path drawn from ``(seed, i)``
     (:func:`~lyra_rl.camera.random_trajectory`); with ``videos``, each rendered along its whole path too."""
@@ -88,8 +103,9 @@ def procedural_conditions(seed: int, indices: list[int], num_frames: int, height
         prompts.append(procedural_prompt(scene.num_boxes, direction))
         trajectories.append(trajectory)
     cameras = Cameras(torch.stack(trajectories), K.expand(len(indices), num_frames, 3, 3).clone())
-    return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices),
-                          torch.stack(renders) if videos else None)
+    return ConditionBatch(
+        torch.stack(images), prompts, cameras, torch.tensor(indices), torch.stack(renders) if videos else None
+    )
 
 
 @dataclass
@@ -128,7 +144,9 @@ def read_conditions(source: str | Path) -> list[ConditionEntry]:
             prompt_file, direction_file = image.with_suffix(".txt"), image.with_suffix(".direction")
             if not prompt_file.is_file():
                 raise FileNotFoundError(f"{image.name} has no prompt file {prompt_file.name}")
-            direction = direction_file.read_text().strip() if direction_file.is_file() else DIRECTIONS[k % len(DIRECTIONS)]
+            direction = (
+                direction_file.read_text().strip() if direction_file.is_file() else DIRECTIONS[k % len(DIRECTIONS)]
+            )
             entries.append(ConditionEntry(image, prompt_file.read_text().strip(), direction))
     else:
         raise ValueError(f"conditions must be 'procedural', a .jsonl manifest or a folder of images, got {source}")
@@ -137,13 +155,19 @@ def read_conditions(source: str | Path) -> list[ConditionEntry]:
     return entries
 
 
-def user_conditions(entries: list[ConditionEntry], indices: list[int], num_frames: int, height: int, width: int) -> ConditionBatch:
+def user_conditions(
+    entries: list[ConditionEntry], indices: list[int], num_frames: int, height: int, width: int
+) -> ConditionBatch:
     """Conditions ``indices`` (modulo the number of entries), images resized to ``height x width``."""
     images, prompts, trajectories = [], [], []
     for index in indices:
         entry = entries[index % len(entries)]
         image = torch.from_numpy(np.asarray(iio.imread(entry.image))[..., :3].copy()).permute(2, 0, 1).float() / 255
-        images.append(F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1))
+        images.append(
+            F.interpolate(image[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[
+                0
+            ].clamp(0, 1)
+        )
         prompts.append(entry.prompt)
         trajectories.append(get_trajectory(entry.direction, num_frames))
     K = default_intrinsics(height, width)
@@ -165,8 +189,17 @@ class ConditionSource:
         camera_paths: the procedural source's paths: ``"presets"`` or ``"random"`` (see :func:`procedural_conditions`).
     """
 
-    def __init__(self, conditions: str, seed: int, held_out: int, num_frames: int, height: int, width: int,
-                 videos: bool = False, camera_paths: str = "presets"):
+    def __init__(
+        self,
+        conditions: str,
+        seed: int,
+        held_out: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        videos: bool = False,
+        camera_paths: str = "presets",
+    ):
         if videos and conditions != "procedural":
             raise ValueError(f"conditions {conditions!r} have no videos to train on: use 'procedural'")
         self.seed, self.size, self.videos, self.camera_paths = seed, (num_frames, height, width), videos, camera_paths
@@ -174,8 +207,10 @@ class ConditionSource:
         if conditions != "procedural":
             entries = read_conditions(conditions)
             if len(entries) <= held_out:
-                raise ValueError(f"{conditions} has {len(entries)} conditions: at least eval_conditions + 1 = "
-                                 f"{held_out + 1} are needed (the last {held_out} are held out)")
+                raise ValueError(
+                    f"{conditions} has {len(entries)} conditions: at least eval_conditions + 1 = "
+                    f"{held_out + 1} are needed (the last {held_out} are held out)"
+                )
             split = len(entries) - held_out
             self.entries, self.held_out_entries = entries[:split], entries[split:]
 

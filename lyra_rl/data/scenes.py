@@ -193,4 +193,3 @@ def make_scene(seed: int, num_boxes: int | None = None, texture_size: int = 256)
         face_uv_offset=torch.rand(num_faces, 2, generator=generator),
         face_shade=_face_shades(count),
     )
-

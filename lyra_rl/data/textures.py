@@ -44,8 +44,7 @@ def _periodic_noise(generator: torch.Generator, size: int, cells: int) -> Tensor
 def _fbm(generator: torch.Generator, size: int, base_cells: int = 4, octaves: int = 5) -> Tensor:
     """Tileable fractal (fBm) value noise ``(size, size)`` normalised to ``[0, 1]``."""
     field = sum(
-        0.55**octave * _periodic_noise(generator, size, min(base_cells * 2**octave, size))
-        for octave in range(octaves)
+        0.55**octave * _periodic_noise(generator, size, min(base_cells * 2**octave, size)) for octave in range(octaves)
     )
     return (field - field.min()) / (field.max() - field.min())
 
@@ -127,7 +126,7 @@ def _blob_texture(generator: torch.Generator, size: int, num_blobs: int = 60) ->
     return texture * transmittance[0] + torch.einsum("bhw,bc->chw", shown, colors)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo(name: str, size: int) -> Tensor:
     """A photograph shipped with scikit-image, center-cropped and resized: ``(C, size, size)``, C = 1 or 3."""
     import skimage.data
@@ -166,8 +165,7 @@ def texture_bank(generator: torch.Generator, size: int) -> Tensor:
     procedural = (_noise_texture, _checker_texture, _voronoi_texture, _blob_texture)
     textures = [_photo_texture(generator, size, _PHOTOS[index]) for index in photo_order]
     textures += [
-        procedural[index % len(procedural)](generator, size)
-        for index in range(_TEXTURE_BANK_SIZE - _PHOTOS_PER_SCENE)
+        procedural[index % len(procedural)](generator, size) for index in range(_TEXTURE_BANK_SIZE - _PHOTOS_PER_SCENE)
     ]
     return torch.stack([_stretch_contrast(texture) for texture in textures])
 
@@ -214,4 +212,3 @@ def build_mip_atlas(textures: Tensor) -> MipAtlas:
             scale[texture, index] = torch.tensor([2 * side / width, 2 * side / height])
         top += side + 2
     return MipAtlas(image, origin.reshape(-1, 2).T.contiguous(), scale.reshape(-1, 2).T.contiguous(), num_levels)
-

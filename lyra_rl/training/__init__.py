@@ -7,5 +7,16 @@ from .grpo import GRPOConfig, GRPOTrainer
 from .sft import SFTConfig, SFTTrainer
 from .trainer import Trainer
 
-__all__ = ["GRPOConfig", "GRPOTrainer", "RewardConfig", "SFTConfig", "SFTTrainer", "Trainer", "TrainingConfig",
-           "latest_checkpoint", "learning_rate_factor", "make_accelerator", "weight_dtype"]
+__all__ = [
+    "GRPOConfig",
+    "GRPOTrainer",
+    "RewardConfig",
+    "SFTConfig",
+    "SFTTrainer",
+    "Trainer",
+    "TrainingConfig",
+    "latest_checkpoint",
+    "learning_rate_factor",
+    "make_accelerator",
+    "weight_dtype",
+]

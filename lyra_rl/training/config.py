@@ -44,9 +44,14 @@ class RewardConfig:
     > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
     """
 
-    rewards: list[str] = field(default_factory=lambda: ["pose_consistency", "epipolar"], metadata={"help": "Reward names or module:Class paths."})
+    rewards: list[str] = field(
+        default_factory=lambda: ["pose_consistency", "epipolar"],
+        metadata={"help": "Reward names or module:Class paths."},
+    )
     reward_weights: list[float] | None = field(default=None, metadata={"help": "One weight per reward."})
-    reward_kwargs: dict | str | None = field(default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."})
+    reward_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."}
+    )
     reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
 
     def __post_init__(self) -> None:
@@ -69,26 +74,78 @@ class TrainingConfig:
     """
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Run folder: checkpoints, logs, samples."})
-    conditions: str = field(default="procedural", metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."})
-    camera_paths: str = field(default="presets", metadata={"help": "Procedural conditions' commanded paths: 'presets' (the seven in turn) or 'random' (smooth random paths, as MultiCamVideo's)."})
+    conditions: str = field(
+        default="procedural",
+        metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."},
+    )
+    camera_paths: str = field(
+        default="presets",
+        metadata={
+            "help": "Procedural conditions' commanded paths: 'presets' (the seven in turn) or 'random' (smooth "
+            "random paths, as MultiCamVideo's)."
+        },
+    )
     num_frames: int = field(default=9, metadata={"help": "Frames per video (the policy's rule: Wan's is 4k+1)."})
     height: int = field(default=32, metadata={"help": "Frame height (the policy's rule: Wan's is a multiple of 16)."})
     width: int = field(default=48, metadata={"help": "Frame width (the policy's rule: Wan's is a multiple of 16)."})
     conditions_per_step: int = field(default=2, metadata={"help": "Conditions per process and step."})
     shift: float = field(default=5.0, metadata={"help": "Flow-matching timestep shift (Wan uses 5)."})
-    guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance weight of rollouts and updates (1 = no guidance, one forward pass per step)."})
-    negative_prompt: str = field(default="", metadata={"help": "Prompt of the unconditional branch when guidance_scale != 1."})
-    train_micro_batch_size: int | None = field(default=None, metadata={"help": "Samples per forward pass of the rollout and forward/backward pass of the update, gradients accumulated over the local batch (default: all at once)."})
-    mixed_precision: str | None = field(default=None, metadata={"help": "'no' or 'bf16' (default: accelerate's config): frozen DiT weights in bf16, trained ones in float32, forward passes under autocast."})
+    guidance_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Classifier-free guidance weight of sampling: GRPO's rollouts and updates, every trainer's "
+            "evaluation samples (1 = no guidance, one forward pass per step)."
+        },
+    )
+    negative_prompt: str = field(
+        default="", metadata={"help": "Prompt of the unconditional branch when guidance_scale != 1."}
+    )
+    train_micro_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per forward pass of the rollout and forward/backward pass of the update, gradients "
+            "accumulated over the local batch (default: all at once)."
+        },
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "'no' or 'bf16' (default: accelerate's config): frozen DiT weights in bf16, trained ones in "
+            "float32, forward passes under autocast."
+        },
+    )
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (it would pull the identity-initialised camera projectors and loaded camera modules towards 0)."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "Learning-rate schedule over the optimizer steps after the warm-up: constant, linear or cosine (to 0)."})
-    warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of linear warm-up (the first one at 1/(warmup_steps+1) of the rate)."})
+    weight_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "AdamW weight decay (it would pull the identity-initialised camera projectors and loaded camera "
+            "modules towards 0)."
+        },
+    )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "Learning-rate schedule over the optimizer steps after the warm-up: constant, linear or cosine "
+            "(to 0)."
+        },
+    )
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "Optimizer steps of linear warm-up (the first one at 1/(warmup_steps+1) of the rate)."},
+    )
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_steps: int = field(default=20, metadata={"help": "Training steps."})
     seed: int = field(default=0, metadata={"help": "Seed of conditions, noise and initial weights."})
-    eval_conditions: int = field(default=2, metadata={"help": "Held-out conditions sampled every save_steps, the same each time (procedural: scenes of seed + 1; user conditions: the last ones, not trained on); 0 turns evaluation off."})
-    eval_sampling_steps: int = field(default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE)."})
+    eval_conditions: int = field(
+        default=2,
+        metadata={
+            "help": "Held-out conditions sampled every save_steps, the same each time (procedural: scenes of seed + "
+            "1; user conditions: the last ones, not trained on); 0 turns evaluation off."
+        },
+    )
+    eval_sampling_steps: int = field(
+        default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE)."}
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
@@ -102,5 +159,10 @@ class TrainingConfig:
             raise ValueError("eval_conditions must be >= 0 and eval_sampling_steps >= 1")
         if self.mixed_precision is not None:
             weight_dtype(self.mixed_precision)
+        for name in ("conditions_per_step", "logging_steps", "save_steps", "max_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.camera_paths != "presets" and self.conditions != "procedural":
+            raise ValueError(f"camera_paths {self.camera_paths!r} applies to procedural conditions only")
         if self.camera_paths not in CAMERA_PATHS:
             raise ValueError(f"camera_paths must be one of {CAMERA_PATHS}, got {self.camera_paths!r}")

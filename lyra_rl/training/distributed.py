@@ -67,12 +67,21 @@ class DataParallel:
     #: AdamW's ``foreach`` (``None``: torch's choice).
     foreach: bool | None = None
 
-    def __init__(self, accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
-                 max_grad_norm: float, samples_per_process: int):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        policy: nn.Module,
+        learning_rate: float,
+        weight_decay: float,
+        max_grad_norm: float,
+        samples_per_process: int,
+    ):
         self.accelerator, self.max_grad_norm = accelerator, max_grad_norm
         self.params = [p for p in policy.parameters() if p.requires_grad]
         # one parameter group under every backend, so that a checkpoint resumes under any launch
-        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay, foreach=self.foreach)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=learning_rate, weight_decay=weight_decay, foreach=self.foreach
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulates the gradients of ``loss`` (already scaled for accumulation) into the trained weights."""
@@ -107,7 +116,7 @@ class DataParallel:
         """Copies the whole tensor ``value`` into ``param`` (its shard, under sharding)."""
         param.copy_(value.to(param.dtype))
 
-    def loaded(self) -> None:
+    def after_weights_loaded(self) -> None:
         """Called after new trained weights were copied in (DeepSpeed refreshes its own float32 copy)."""
 
     def optimizer_state_dict(self) -> dict:
@@ -119,8 +128,14 @@ class DataParallel:
         self.optimizer.load_state_dict(state)
 
 
-def distributed_backend(accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
-                        max_grad_norm: float, samples_per_process: int) -> DataParallel:
+def distributed_backend(
+    accelerator: Accelerator,
+    policy: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    max_grad_norm: float,
+    samples_per_process: int,
+) -> DataParallel:
     """The backend of this launch (see the module's notes); FSDP shards ``policy`` here, so call it before
     anything else holds the policy's parameters. Raises ``ValueError`` for launch settings it does not
     implement."""

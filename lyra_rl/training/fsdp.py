@@ -20,7 +20,7 @@ shards a CPU gloo group, which is how the tests check it.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -100,8 +100,16 @@ class FullySharded(DataParallel):
     # (Astra's processor stays whole) in one call; for LoRA-sized tensors the loop costs milliseconds
     foreach = False
 
-    def __init__(self, accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
-                 max_grad_norm: float, samples_per_process: int, reshard_after_forward: bool = True):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        policy: nn.Module,
+        learning_rate: float,
+        weight_decay: float,
+        max_grad_norm: float,
+        samples_per_process: int,
+        reshard_after_forward: bool = True,
+    ):
         if not hasattr(policy, "shard"):
             raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
         policy.shard(reshard_after_forward)
@@ -125,14 +133,23 @@ class FullySharded(DataParallel):
 
     def optimizer_state_dict(self) -> dict:
         state = self.optimizer.state_dict()
-        return to_cpu({**state, "state": {index: {name: full_tensor(value) for name, value in values.items()}
-                                          for index, values in state["state"].items()}})
+        return to_cpu(
+            {
+                **state,
+                "state": {
+                    index: {name: full_tensor(value) for name, value in values.items()}
+                    for index, values in state["state"].items()
+                },
+            }
+        )
 
     def load_optimizer_state_dict(self, state: dict) -> None:
         """Each saved tensor of a parameter's shape is sharded as that parameter is (its index in the one group)."""
         per_param = {
-            index: {name: shard_like(value, self.params[index]) if value.shape == self.params[index].shape else value
-                    for name, value in values.items()}
+            index: {
+                name: shard_like(value, self.params[index]) if value.shape == self.params[index].shape else value
+                for name, value in values.items()
+            }
             for index, values in state["state"].items()
         }
         self.optimizer.load_state_dict({**state, "state": per_param})

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..algorithms.grpo import REWARD_SCALINGS, group_advantages, grpo_loss, select_timesteps, sde_step_mask
+from ..algorithms.grpo import REWARD_SCALINGS, group_advantages, grpo_loss, sde_step_mask, select_timesteps
 from ..rollout import Rollout, denoising_step, micro_batches, rollout
 from ..sampling import gaussian_kl, shifted_sigmas
 from .config import TrainingConfig
@@ -34,11 +34,31 @@ class GRPOConfig(TrainingConfig):
     num_generations: int = field(default=4, metadata={"help": "Rollouts per condition (the GRPO group)."})
     num_sampling_steps: int = field(default=8, metadata={"help": "Denoising steps of a training rollout."})
     noise_level: float = field(default=0.7, metadata={"help": "Flow-GRPO SDE noise level a."})
-    train_timestep_fraction: float = field(default=0.5, metadata={"help": "Fraction of denoising steps trained (SDE), drawn at random each step (DanceGRPO); the rest run the ODE."})
-    train_timestep_window: int | None = field(default=None, metadata={"help": "Instead of a random fraction, train a window of this many consecutive steps that slides by one each GRPO step (MixGRPO)."})
-    beta: float = field(default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."})
+    train_timestep_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": "Fraction of denoising steps trained (SDE), drawn at random each step (DanceGRPO); the rest run "
+            "the ODE."
+        },
+    )
+    train_timestep_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of a random fraction, train a window of this many consecutive steps that slides by one "
+            "each GRPO step (MixGRPO)."
+        },
+    )
+    beta: float = field(
+        default=0.004, metadata={"help": "KL coefficient to the adapter-disabled reference (0 skips the reference)."}
+    )
     epsilon: float = field(default=1e-3, metadata={"help": "PPO clip range of the ratio."})
-    scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling, as trl's: 'group' (divide by the group's reward std), 'batch' (by the whole batch's) or 'none' (only centre); true and false mean 'group' and 'none'."})
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "Advantage scaling, as trl's: 'group' (divide by the group's reward std), 'batch' (by the whole "
+            "batch's) or 'none' (only centre); true and false mean 'group' and 'none'."
+        },
+    )
     num_iterations: int = field(default=1, metadata={"help": "Inner epochs over each batch of rollouts."})
 
     def __post_init__(self) -> None:
@@ -50,7 +70,9 @@ class GRPOConfig(TrainingConfig):
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
         if self.train_timestep_window is not None and not 1 <= self.train_timestep_window <= self.num_sampling_steps:
-            raise ValueError(f"train_timestep_window must be in [1, num_sampling_steps], got {self.train_timestep_window}")
+            raise ValueError(
+                f"train_timestep_window must be in [1, num_sampling_steps], got {self.train_timestep_window}"
+            )
         if not 0 < self.train_timestep_fraction <= 1:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
 
@@ -60,10 +82,10 @@ class GRPOTrainer(Trainer):
 
     name = "GRPO"
 
-    def __init__(self, config: GRPOConfig, policy, reward_set, accelerator=None):
-        if reward_set is None:
-            raise ValueError("GRPO needs rewards to rank its rollouts: set rewards (e.g. --rewards pose_consistency)")
-        super().__init__(config, policy, reward_set, accelerator)
+    needs_rewards = True
+
+    def __init__(self, config: GRPOConfig, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
         self.sigmas = shifted_sigmas(config.num_sampling_steps, config.shift)
 
     def samples_per_process(self) -> int:
@@ -84,9 +106,18 @@ class GRPOTrainer(Trainer):
             initial, step_noise = self.initial_and_step_noise(batch.ids)
             train_steps = self.trained_timesteps()
         with timed_phase("rollout", timings), self.autocast():
-            result = rollout(policy, cond, initial.to(device), self.sigmas.to(device),
-                             sde_step_mask(config.num_sampling_steps, train_steps), config.noise_level,
-                             step_noise.to(device), uncond, config.guidance_scale, config.train_micro_batch_size)
+            result = rollout(
+                policy,
+                cond,
+                initial.to(device),
+                self.sigmas.to(device),
+                sde_step_mask(config.num_sampling_steps, train_steps),
+                config.noise_level,
+                step_noise.to(device),
+                uncond,
+                config.guidance_scale,
+                config.train_micro_batch_size,
+            )
             self.backend.release(policy)
         with timed_phase("decode", timings):
             videos = policy.decode(result.states[-1], cond)
@@ -102,8 +133,12 @@ class GRPOTrainer(Trainer):
 
         with timed_phase("update", timings):
             metrics, grad_norm = self.update(result, train_steps, cond, uncond, advantages)
-        return {**reduce_metrics(accelerator, metrics), **timings, "grad_norm": float(grad_norm),
-                **reward_metrics(accelerator, scores)}
+        return {
+            **reduce_metrics(accelerator, metrics),
+            **timings,
+            "grad_norm": float(grad_norm),
+            **reward_metrics(accelerator, scores, all_rewards),
+        }
 
     def initial_and_step_noise(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Initial noise shared within each group ``(B * G, C, T', H', W')`` and per-rollout SDE noise
@@ -111,8 +146,13 @@ class GRPOTrainer(Trainer):
         group_size, steps, shape = self.config.num_generations, self.config.num_sampling_steps, self.latent_shape
         initial = torch.stack([torch.randn(shape, generator=seeded(self.config.seed, 1, int(i))) for i in ids])
         rollouts = [(int(i), g) for i in ids for g in range(group_size)]
-        step_noise = torch.stack([torch.randn((steps, *shape), generator=seeded(self.config.seed, 2, self.step, i, g))
-                                  for i, g in rollouts], dim=1)
+        step_noise = torch.stack(
+            [
+                torch.randn((steps, *shape), generator=seeded(self.config.seed, 2, self.step, i, g))
+                for i, g in rollouts
+            ],
+            dim=1,
+        )
         return initial.repeat_interleave(group_size, dim=0), step_noise
 
     def trained_timesteps(self) -> torch.Tensor:
@@ -121,11 +161,16 @@ class GRPOTrainer(Trainer):
         config = self.config
         if config.train_timestep_window is not None:
             size = config.train_timestep_window
-            return select_timesteps(config.num_sampling_steps, window=(self.step % (config.num_sampling_steps - size + 1), size))
-        return select_timesteps(config.num_sampling_steps, config.train_timestep_fraction, generator=seeded(config.seed, 3, self.step))
+            return select_timesteps(
+                config.num_sampling_steps, window=(self.step % (config.num_sampling_steps - size + 1), size)
+            )
+        return select_timesteps(
+            config.num_sampling_steps, config.train_timestep_fraction, generator=seeded(config.seed, 3, self.step)
+        )
 
-    def update(self, result: Rollout, train_steps: torch.Tensor, cond, uncond,
-               advantages: torch.Tensor) -> tuple[MicroBatchMetrics, torch.Tensor]:
+    def update(
+        self, result: Rollout, train_steps: torch.Tensor, cond, uncond, advantages: torch.Tensor
+    ) -> tuple[MicroBatchMetrics, torch.Tensor]:
         """Inner epochs over the trained steps of the rollouts, in micro-batches: the loss of each, gradients
         accumulated over micro-batches and steps, then an optimizer step per epoch."""
         config, local = self.config, len(advantages)
@@ -137,9 +182,7 @@ class GRPOTrainer(Trainer):
                         result, k, part, cond[part], None if uncond is None else uncond[part], advantages[part]
                     )
                     share = (part.stop - part.start) / local  # the loss is a mean over the micro-batch
-                    self.backend.backward(loss * share / len(train_steps))
-                    for name, value in {"loss": loss, **step_metrics}.items():
-                        metrics.setdefault(name, []).append((float(value.detach()), share))
+                    self.accumulate(metrics, loss, share, len(train_steps), **step_metrics)
             grad_norm = self.optimizer_step()
         return metrics, grad_norm
 

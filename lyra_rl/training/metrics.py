@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import Tensor
 from torch.profiler import record_function
 
 from ..reward import RewardSetOutput
@@ -46,16 +49,24 @@ def reduce_metrics(accelerator: Accelerator, metrics: MicroBatchMetrics) -> dict
     return reduced
 
 
-def reward_metrics(accelerator: Accelerator, scores: RewardSetOutput) -> dict[str, float]:
-    """Means over every process's videos: ``reward/total`` and ``reward/<name>`` (rewards that could not score
-    a video are left out), ``failed/<name>`` (the share they could not score) and ``diagnostics/<name>``."""
+def reward_metrics(accelerator: Accelerator, scores: RewardSetOutput, total: Tensor | None = None) -> dict[str, float]:
+    """Means over every process's videos: ``reward/total`` (``total``: the totals already gathered) and
+    ``reward/<name>`` (rewards that could not score a video are left out), ``failed/<name>`` (the share they
+    could not score) and ``diagnostics/<name>``. A process whose videos gave no value of a diagnostic (every
+    one failed) gathers NaNs for it, so that every process makes the same collectives."""
     device = accelerator.device
-    logged = {"reward/total": float(accelerator.gather(scores.total.to(device)).nanmean())}
+    total = accelerator.gather(scores.total.to(device)) if total is None else total
+    logged = {"reward/total": float(total.nanmean())}
     for name, values in scores.rewards.items():
         logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
     for name, values in scores.failed.items():
         logged[f"failed/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
-    for name, values in scores.diagnostics.items():
+    names = scores.diagnostics.keys()
+    if accelerator.num_processes > 1:
+        names = {name for keys in gather_object([sorted(names)]) for name in keys}
+    missing = torch.full_like(scores.total, math.nan)
+    for name in sorted(names):
+        values = scores.diagnostics.get(name, missing)
         logged[f"diagnostics/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
     return logged
 
@@ -83,9 +94,18 @@ class TensorBoard:
             self.writer.close()
 
 
-def plot_curves(history: list[dict[str, float]], path: Path, prefix: str, ylabel: str) -> Path:
-    """The logged metrics named ``prefix...`` per step (e.g. every reward of the rollouts, or the loss) and the
-    held-out evaluation's total reward, where there is one, as a PNG."""
+class Curve(NamedTuple):
+    """What a trainer plots at the end of training: the metrics named ``prefix...`` per step and, dashed, the
+    held-out metric ``held_out`` at each evaluation, into ``file_name`` (under the run folder)."""
+
+    file_name: str
+    prefix: str
+    label: str
+    held_out: str
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, curve: Curve) -> Path:
+    """``curve``'s metrics of ``history`` as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,14 +113,14 @@ def plot_curves(history: list[dict[str, float]], path: Path, prefix: str, ylabel
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [h["step"] for h in history]
-    for name in [k for k in history[0] if k.startswith(prefix)]:
-        ax.plot(steps, [h[name] for h in history], label=name.removeprefix(prefix) or name)
-    evaluated = [h for h in history if "eval/reward/total" in h]
+    for name in [k for k in history[0] if k.startswith(curve.prefix)]:
+        ax.plot(steps, [h[name] for h in history], label=name.removeprefix(curve.prefix) or name)
+    evaluated = [h for h in history if curve.held_out in h]
     if evaluated:
-        ax.plot([h["step"] for h in evaluated], [h["eval/reward/total"] for h in evaluated], "k--o", markersize=3,
-                label="total reward, held-out (ODE)")
+        steps, values = [h["step"] for h in evaluated], [h[curve.held_out] for h in evaluated]
+        ax.plot(steps, values, "k--o", markersize=3, label=f"{curve.held_out.removeprefix('eval/')}, held-out")
     ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(curve.label)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

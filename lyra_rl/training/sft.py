@@ -10,6 +10,7 @@ whatever the policy trains: the whole DiT (``train_transformer``), LoRA adapters
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from ..algorithms.sft import flow_matching_loss, noised_sample, shifted_timesteps
 from ..rollout import micro_batches
 from .config import TrainingConfig
-from .metrics import MicroBatchMetrics, reduce_metrics, timed_phase
+from .metrics import Curve, MicroBatchMetrics, reduce_metrics, timed_phase
 from .trainer import Trainer, seeded
 
 
@@ -33,7 +34,7 @@ class SFTTrainer(Trainer):
 
     name = "SFT"
     trains_on_videos = True
-    curve = ("loss_curve.png", "loss", "flow-matching loss")
+    curve = Curve("loss_curve.png", "loss", "flow-matching loss", "eval/loss")
 
     def progress_postfix(self, logged: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{logged['loss']:.4f}"}
@@ -45,7 +46,7 @@ class SFTTrainer(Trainer):
             batch = self.conditions(self.step_indices())
             cond, _ = self.policy_conditions(batch)
             x0 = policy.generated_latents(batch.videos.to(device)).float()
-            noise, t = self.noise_and_timesteps(batch.ids)
+            noise, t = self.noise_and_timesteps(batch.ids, 5, self.step)
             x_t, target = noised_sample(x0, noise.to(device), t.to(device))
         metrics: MicroBatchMetrics = {}
         with timed_phase("update", timings):
@@ -53,15 +54,39 @@ class SFTTrainer(Trainer):
                 with self.autocast():
                     velocity = policy.velocity(x_t[part], t[part].to(device), cond[part])
                 loss = flow_matching_loss(velocity, target[part])
-                share = (part.stop - part.start) / len(x0)
-                self.backend.backward(loss * share)
-                metrics.setdefault("loss", []).append((float(loss.detach()), share))
+                self.accumulate(metrics, loss, (part.stop - part.start) / len(x0))
             grad_norm = self.optimizer_step()
         return {**reduce_metrics(self.accelerator, metrics), **timings, "grad_norm": float(grad_norm)}
 
-    def noise_and_timesteps(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise ``(B, C, T', H', W')`` and training times ``(B,)`` from the seed, the step and global indices only."""
-        generators = [seeded(self.config.seed, 5, self.step, int(i)) for i in ids]
+    def noise_and_timesteps(self, ids: torch.Tensor, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``(B, C, T', H', W')`` and training times ``(B,)`` from the seed, ``key`` (a purpose and, in
+        training, the step) and global indices only."""
+        generators = [seeded(self.config.seed, *key, int(i)) for i in ids]
         noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators])
         t = torch.cat([shifted_timesteps(1, self.config.shift, generator=g) for g in generators])
         return noise, t
+
+    @torch.no_grad()
+    def evaluate(self, sample_dir=None) -> dict[str, float]:
+        """The shared evaluation (held-out samples, their rewards) and ``eval/loss``: the flow-matching loss of
+        the held-out conditions' true videos at noise and times fixed by their indices, comparable across
+        steps. Every process must call this (see :meth:`Trainer.evaluate`)."""
+        config, accelerator = self.config, self.accelerator
+        indices = list(range(config.eval_conditions))[accelerator.process_index :: accelerator.num_processes]
+        sampled = indices or ([0] if self.backend.joins_every_forward and config.eval_conditions else [])
+        total = torch.zeros(2, device=accelerator.device)  # sum of the losses, count
+        if sampled:
+            batch = self.conditions(sampled, held_out=True)
+            cond, _ = self.policy_conditions(batch)
+            x0 = self.policy.generated_latents(batch.videos.to(accelerator.device)).float()
+            noise, t = self.noise_and_timesteps(batch.ids, 6)
+            x_t, target = noised_sample(x0, noise.to(x0.device), t.to(x0.device))
+            with self.autocast():
+                velocity = self.policy.velocity(x_t, t.to(x0.device), cond)
+            self.backend.release(self.policy)
+            for k in range(len(indices)):
+                total += torch.stack(
+                    [flow_matching_loss(velocity[k : k + 1], target[k : k + 1]), torch.tensor(1.0)]
+                ).to(total)
+        loss_sum, count = accelerator.reduce(total, "sum").tolist()
+        return {**super().evaluate(sample_dir), "eval/loss": loss_sum / count if count else math.nan}

@@ -9,6 +9,7 @@ An algorithm subclasses :class:`Trainer` with its config and its step (:meth:`Tr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,10 +24,17 @@ from ..reward import RewardSet
 from ..rollout import rollout
 from ..sampling import shifted_sigmas
 from ..video import camera_path_video, write_video
-from .checkpoint import TRAINER_STATE, latest_checkpoint, read_trainer_state, rng_state, set_rng_state, write_checkpoint
+from .checkpoint import (
+    TRAINER_STATE,
+    latest_checkpoint,
+    read_trainer_state,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from .config import TrainingConfig, learning_rate_factor, weight_dtype
 from .distributed import distributed_backend, make_accelerator
-from .metrics import TensorBoard, plot_curves
+from .metrics import Curve, MicroBatchMetrics, TensorBoard, plot_curves
 
 
 def seeded(*key: int) -> torch.Generator:
@@ -43,27 +51,59 @@ class Trainer:
         policy: a placed :class:`~lyra_rl.policy.VideoPolicy` (e.g. ``policies.build_policy``).
         reward_set: scores rollouts and held-out samples (``None``: an algorithm that needs no reward, as SFT,
             evaluates by its samples alone).
-        accelerator: the launch's (default: :func:`~lyra_rl.training.distributed.make_accelerator`).
+        accelerator: the launch's (default: :func:`~lyra_rl.training.distributed.make_accelerator`, on the
+            policy's device).
+        recorded_configs: the run's other configs (the policy's, the rewards'), recorded with ``config`` in
+            every checkpoint's ``trainer_state.pt``.
     """
 
     #: The progress bar's label.
     name = "train"
     #: Whether the algorithm trains on the conditions' true videos (SFT), so the source must render them.
     trains_on_videos = False
-    #: The PNG written at the end of training: its file name, the metrics plotted (by prefix), their axis label.
-    curve = ("reward_curve.png", "reward/", "mean reward")
+    #: Whether the algorithm needs a reward set (GRPO ranks its rollouts by it).
+    needs_rewards = False
+    #: The PNG written at the end of training.
+    curve = Curve("reward_curve.png", "reward/", "mean reward", "eval/reward/total")
 
-    def __init__(self, config: TrainingConfig, policy: VideoPolicy, reward_set: RewardSet | None = None,
-                 accelerator: Accelerator | None = None):
+    def __init__(
+        self,
+        config: TrainingConfig,
+        policy: VideoPolicy,
+        reward_set: RewardSet | None = None,
+        accelerator: Accelerator | None = None,
+        recorded_configs: Sequence = (),
+    ):
+        if self.needs_rewards and reward_set is None:
+            raise ValueError(
+                f"{self.name} needs rewards to rank its rollouts: set rewards (e.g. --rewards pose_consistency)"
+            )
         self.config, self.policy, self.reward_set = config, policy, reward_set
-        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
+        self.recorded_config = {key: value for c in (*recorded_configs, config) for key, value in asdict(c).items()}
+        if accelerator is None:  # the launch's, on the device the policy was placed on
+            on_cpu = next(policy.parameters()).device.type == "cpu"
+            accelerator = make_accelerator(config.mixed_precision, cpu=on_cpu)
+        self.accelerator = accelerator
         weight_dtype(self.accelerator.mixed_precision)  # the launch's precision, where accelerate's config set it
         self.latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)  # the policy's rules
-        self.conditions = ConditionSource(config.conditions, config.seed, config.eval_conditions,
-                                          config.num_frames, config.height, config.width, self.trains_on_videos,
-                                          config.camera_paths)
-        self.backend = distributed_backend(self.accelerator, policy, config.learning_rate, config.weight_decay,
-                                           config.max_grad_norm, self.samples_per_process())
+        self.conditions = ConditionSource(
+            config.conditions,
+            config.seed,
+            config.eval_conditions,
+            config.num_frames,
+            config.height,
+            config.width,
+            self.trains_on_videos,
+            config.camera_paths,
+        )
+        self.backend = distributed_backend(
+            self.accelerator,
+            policy,
+            config.learning_rate,
+            config.weight_decay,
+            config.max_grad_norm,
+            self.samples_per_process(),
+        )
         self.optimizer = self.backend.optimizer
         total = config.max_steps * self.optimizer_steps_per_step()
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -101,7 +141,9 @@ class Trainer:
     def autocast(self):
         """bf16 autocast when the launch's mixed precision is bf16 (accelerate's own does nothing under
         DeepSpeed, whose bf16 mode, which casts the trained weights too, the trainer switches off)."""
-        return torch.autocast(self.accelerator.device.type, torch.bfloat16, enabled=self.accelerator.mixed_precision == "bf16")
+        return torch.autocast(
+            self.accelerator.device.type, torch.bfloat16, enabled=self.accelerator.mixed_precision == "bf16"
+        )
 
     def step_indices(self) -> list[int]:
         """Global indices of this process's conditions at the current step."""
@@ -118,6 +160,16 @@ class Trainer:
         uncond = self.policy.with_prompts(cond, [self.config.negative_prompt] * len(batch.prompts))
         return cond.repeat(repeats), uncond.repeat(repeats)
 
+    def accumulate(
+        self, metrics: MicroBatchMetrics, loss: torch.Tensor, share: float, divisor: int = 1, **terms: torch.Tensor
+    ) -> None:
+        """Backpropagates ``loss * share / divisor`` (``share``: the micro-batch's share of the local batch, whose
+        mean the loss is; ``divisor``: e.g. the number of steps accumulated) and records ``loss`` and ``terms``
+        with their share in ``metrics`` (see :func:`~lyra_rl.training.metrics.reduce_metrics`)."""
+        self.backend.backward(loss * share / divisor)
+        for name, value in {"loss": loss, **terms}.items():
+            metrics.setdefault(name, []).append((float(value.detach()), share))
+
     def optimizer_step(self) -> torch.Tensor:
         """Reduces, clips and applies the accumulated gradients, advances the schedule; returns the gradient norm."""
         grad_norm = self.backend.step()
@@ -125,8 +177,8 @@ class Trainer:
         return grad_norm
 
     def train(self) -> list[dict[str, float]]:
-        """Trains to ``max_steps`` (from the last complete checkpoint with ``resume``), checkpointing and
-        evaluating every ``save_steps`` and at the end; returns the logged history."""
+        """Trains to ``max_steps`` (from the last complete checkpoint with ``resume``), evaluating and
+        checkpointing every ``save_steps`` and at the end; returns the logged history."""
         config = self.config
         if config.resume and (checkpoint := latest_checkpoint(self.output_dir)) is not None:
             self.load_checkpoint(checkpoint)
@@ -140,30 +192,33 @@ class Trainer:
             if self.step % config.logging_steps == 0:
                 tensorboard.add(logged, self.step)
             if self.step % config.save_steps == 0 or self.step == config.max_steps:
-                self.save_checkpoint()
-                if config.eval_conditions:
+                if config.eval_conditions:  # first, so that the checkpoint's history holds the evaluation
                     evaluation = self.evaluate(self.output_dir / "samples")
                     logged.update(evaluation)
                     tensorboard.add(evaluation, self.step)
+                self.save_checkpoint()
         progress.close()
         tensorboard.close()
         if main and self.history:
-            file_name, prefix, label = self.curve
-            plot_curves(self.history, self.output_dir / file_name, prefix, label)
+            plot_curves(self.history, self.output_dir / self.curve.file_name, self.curve)
             self.report()
         return self.history
 
     def report(self) -> None:
         """Prints where the run's outputs are, and which rewards could not score a single rollout."""
         checkpoint = latest_checkpoint(self.output_dir)
-        outputs = [f"{checkpoint.name}/ ({', '.join(sorted(p.name for p in checkpoint.iterdir()))})"] if checkpoint else []
+        outputs = (
+            [f"{checkpoint.name}/ ({', '.join(sorted(p.name for p in checkpoint.iterdir()))})"] if checkpoint else []
+        )
         outputs += ["samples/*.mp4"] if self.config.eval_conditions else []
-        outputs += ["logs/ (tensorboard --logdir)", self.curve[0]]
+        outputs += ["logs/ (tensorboard --logdir)", self.curve.file_name]
         print(f"Wrote {self.output_dir}/: {', '.join(outputs)}")
         for name in [k.removeprefix("failed/") for k in self.history[-1] if k.startswith("failed/")]:
-            if all(h[f"failed/{name}"] == 1.0 for h in self.history):
-                print(f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "
-                      "the videos have no geometry it can estimate, as with the randomly initialised tiny policy")
+            if all(h.get(f"failed/{name}") == 1.0 for h in self.history):
+                print(
+                    f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "
+                    "the videos have no geometry it can estimate, as with the randomly initialised tiny policy"
+                )
 
     @torch.no_grad()
     def evaluate(self, sample_dir: Path | None = None) -> dict[str, float]:
@@ -185,8 +240,9 @@ class Trainer:
             ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
             sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(accelerator.device)
             with self.autocast():
-                result = rollout(policy, cond, noise.to(accelerator.device), sigmas, ode, 0.0, None, uncond,
-                                 config.guidance_scale)
+                result = rollout(
+                    policy, cond, noise.to(accelerator.device), sigmas, ode, 0.0, None, uncond, config.guidance_scale
+                )
             self.backend.release(policy)
             if indices:
                 videos = policy.decode(result.states[-1], cond).float().cpu()
@@ -221,8 +277,10 @@ class Trainer:
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
         """A snapshot of the trained weights by the policy's checkpoint keys, whole and on the CPU (sharded
         weights are gathered: every process must call this)."""
-        return {key: self.backend.full_tensor(param.detach()).to("cpu", copy=True).contiguous()
-                for key, param in self.policy.trained_parameters().items()}
+        return {
+            key: self.backend.full_tensor(param.detach()).to("cpu", copy=True).contiguous()
+            for key, param in self.policy.trained_parameters().items()
+        }
 
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
@@ -230,12 +288,14 @@ class Trainer:
         params = self.policy.trained_parameters()
         missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
         if missing or unexpected:
-            raise KeyError(f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
-                           f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+            raise KeyError(
+                f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
         with torch.no_grad():
             for key, value in state.items():
                 self.backend.load_tensor(params[key], value)
-        self.backend.loaded()
+        self.backend.after_weights_loaded()
 
     def save_checkpoint(self) -> Path:
         """Writes ``checkpoint-<step>`` atomically (``lyra_rl.training.checkpoint``): the trained weights as the
@@ -243,11 +303,20 @@ class Trainer:
         trained, optimizer = self.trained_state_dict(), self.backend.optimizer_state_dict()  # collectives
         final = self.output_dir / f"checkpoint-{self.step}"
         if self.accelerator.is_main_process:
+
             def write(folder: Path) -> None:
                 self.policy.save_trained_weights(folder, trained)
-                torch.save({"optimizer": optimizer, "lr_scheduler": self.lr_scheduler.state_dict(), "step": self.step,
-                            "history": self.history, "rng": rng_state(), "config": asdict(self.config)},
-                           folder / TRAINER_STATE)
+                torch.save(
+                    {
+                        "optimizer": optimizer,
+                        "lr_scheduler": self.lr_scheduler.state_dict(),
+                        "step": self.step,
+                        "history": self.history,
+                        "rng": rng_state(),
+                        "config": self.recorded_config,
+                    },
+                    folder / TRAINER_STATE,
+                )
 
             write_checkpoint(self.output_dir, self.step, write)
         self.accelerator.wait_for_everyone()

@@ -26,8 +26,13 @@ from torch import nn
 from .distributed import DataParallel
 
 
-def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                max_grad_norm: float, samples_per_process: int):
+def zero_engine(
+    accelerator: Accelerator,
+    params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+    samples_per_process: int,
+):
     """A DeepSpeed engine over the trained weights ``params`` (whole on every process) and ``optimizer`` (a
     torch optimizer over them, which keeps the learning rate its scheduler sets), from accelerate's
     DeepSpeed settings; the trainer sets clipping, accumulation and batch size. Raises ``ValueError`` for
@@ -36,9 +41,11 @@ def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer:
     launched = copy.deepcopy(config)
     zero = config.get("zero_optimization", {})
     if zero.get("stage") not in (1, 2):
-        raise ValueError(f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use stage 1 or 2 (the trained "
-                         "weights' optimizer state and gradients); to shard the frozen weights, launch with FSDP "
-                         "(recipes/configs/accelerate_fsdp.yaml)")
+        raise ValueError(
+            f"DeepSpeed ZeRO stage {zero.get('stage')} is not supported: use stage 1 or 2 (the trained "
+            "weights' optimizer state and gradients); to shard the frozen weights, launch with FSDP "
+            "(recipes/configs/accelerate_fsdp.yaml)"
+        )
     if zero.get("offload_optimizer", {}).get("device", "none") != "none":
         raise ValueError("DeepSpeed optimizer offload is not supported: the trained weights are LoRA-sized")
     if str(config.get("fp16", {}).get("enabled", False)).lower() == "true":
@@ -46,22 +53,27 @@ def zero_engine(accelerator: Accelerator, params: list[nn.Parameter], optimizer:
     if zero.get("reduce_bucket_size", "auto") == "auto":
         # DeepSpeed's default, 5e8 elements, would make each gradient bucket (two with overlap_comm) 2 GB in float32
         zero["reduce_bucket_size"] = sum(p.numel() for p in params)
-    config.update({
-        "gradient_clipping": max_grad_norm,
-        "train_micro_batch_size_per_gpu": samples_per_process,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": samples_per_process * accelerator.num_processes,
-        "managed_gradient_accumulation": False,
-        "bf16": {"enabled": False}, "fp16": {"enabled": False},  # the policy's own precision (module notes)
-    })
+    config.update(
+        {
+            "gradient_clipping": max_grad_norm,
+            "train_micro_batch_size_per_gpu": samples_per_process,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": samples_per_process * accelerator.num_processes,
+            "managed_gradient_accumulation": False,
+            "bf16": {"enabled": False},
+            "fp16": {"enabled": False},  # the policy's own precision (module notes)
+        }
+    )
     try:
         engine, _ = accelerator.prepare(nn.ParameterList(params), optimizer)
     finally:  # accelerate reads the launch's mixed precision from there (``accelerator.mixed_precision``)
         config.clear()
         config.update(launched)
     if engine.managed_gradient_accumulation():
-        raise RuntimeError(f"deepspeed {version('deepspeed')} manages gradient accumulation itself: lyra-rl needs a "
-                           "version with managed_gradient_accumulation (pip install -e '.[deepspeed]')")
+        raise RuntimeError(
+            f"deepspeed {version('deepspeed')} manages gradient accumulation itself: lyra-rl needs a "
+            "version with managed_gradient_accumulation (pip install -e '.[deepspeed]')"
+        )
     return engine
 
 
@@ -80,16 +92,24 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, params: list[nn.Param
 
     (group,) = optimizer.param_groups
     flat_state = optimizer.state.get(_flat_partition(optimizer), {})
-    state = {
-        index: {key: value.clone().cpu() if value.dim() == 0 else safe_get_full_optimizer_state(param, key).cpu()
-                for key, value in flat_state.items()}
-        for index, param in enumerate(params)
-    } if flat_state else {}
+    state = (
+        {
+            index: {
+                key: value.clone().cpu() if value.dim() == 0 else safe_get_full_optimizer_state(param, key).cpu()
+                for key, value in flat_state.items()
+            }
+            for index, param in enumerate(params)
+        }
+        if flat_state
+        else {}
+    )
     hyperparameters = {key: value for key, value in group.items() if key != "params"}
     return {"state": state, "param_groups": [{**hyperparameters, "params": list(range(len(params)))}]}
 
 
-def load_full_optimizer_state(engine, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], state: dict) -> None:
+def load_full_optimizer_state(
+    engine, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], state: dict
+) -> None:
     """Loads what :func:`full_optimizer_state` (or a torch optimizer's ``state_dict()`` over ``params`` in one
     parameter group) returned into ``optimizer``, each process taking its partition (a collective)."""
     from deepspeed.utils import safe_set_full_optimizer_state
@@ -115,8 +135,15 @@ class ZeRO(DataParallel):
     """DeepSpeed ZeRO stage 1 or 2 over the trained weights (see the module's notes); arguments as
     :class:`DataParallel`'s."""
 
-    def __init__(self, accelerator: Accelerator, policy: nn.Module, learning_rate: float, weight_decay: float,
-                 max_grad_norm: float, samples_per_process: int):
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        policy: nn.Module,
+        learning_rate: float,
+        weight_decay: float,
+        max_grad_norm: float,
+        samples_per_process: int,
+    ):
         super().__init__(accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process)
         self.engine = zero_engine(accelerator, self.params, self.optimizer, max_grad_norm, samples_per_process)
 
@@ -127,7 +154,7 @@ class ZeRO(DataParallel):
         self.engine.step()
         return torch.as_tensor(self.engine.get_global_grad_norm())
 
-    def loaded(self) -> None:
+    def after_weights_loaded(self) -> None:
         self.engine.optimizer.refresh_fp32_params()  # ZeRO steps its own float32 copy of its partition
 
     def optimizer_state_dict(self) -> dict:

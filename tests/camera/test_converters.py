@@ -38,4 +38,3 @@ class TestConverters:
         dense = load_trajectory(path, num_frames=15)  # every second frame is an original one
         torch.testing.assert_close(dense[::2], traj, atol=1e-5, rtol=0)
         assert get_trajectory(str(path), 8).shape == (8, 4, 4)
-

@@ -47,4 +47,3 @@ class TestMetrics:
     def test_optimal_scale_recovers_factor(self):
         est = torch.randn(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         assert optimal_scale(est, 2.5 * est) == pytest.approx(2.5, rel=1e-6)
-

@@ -18,7 +18,9 @@ class TestPresets:
         traj = trajectory_preset(direction, num_frames)
         assert traj.shape == (num_frames, 4, 4)
         torch.testing.assert_close(traj[0], torch.eye(4))
-        torch.testing.assert_close(traj[:, :3, :3] @ traj[:, :3, :3].transpose(1, 2), torch.eye(3).expand(num_frames, 3, 3), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            traj[:, :3, :3] @ traj[:, :3, :3].transpose(1, 2), torch.eye(3).expand(num_frames, 3, 3), atol=1e-6, rtol=0
+        )
 
     def test_forward_moves_along_plus_z(self):
         centers = camera_centers(trajectory_preset("forward", 16, distance=1.5))
@@ -62,4 +64,3 @@ class TestPresets:
     def test_unknown_direction_lists_known_ones(self):
         with pytest.raises(ValueError, match="forward_left"):
             trajectory_preset("backwards", 8)
-

@@ -28,7 +28,9 @@ def check_video(output: torch.Tensor, video: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("num_frames", [3, 4, 8, 16])
 def test_shuffle_keeps_frame_zero_and_is_never_the_identity(num_frames):
-    frames = torch.arange(num_frames, dtype=torch.float32)[:, None, None, None].expand(num_frames, 3, 4, 4) / num_frames
+    frames = (
+        torch.arange(num_frames, dtype=torch.float32)[:, None, None, None].expand(num_frames, 3, 4, 4) / num_frames
+    )
     for seed in range(30):
         shuffled = shuffle_frames(frames, generator(seed))
         check_video(shuffled, frames)

@@ -25,8 +25,10 @@ def test_jsonl_manifest(tmp_path):
     write_image(tmp_path / "a.png", 200)
     trajectory = tmp_path / "path.json"
     trajectory.write_text(json.dumps({"cam_from_world": trajectory_preset("right", 5).tolist()}))
-    rows = [{"image": "a.png", "prompt": "a street", "direction": "left"},
-            {"image": "a.png", "prompt": "a park", "direction": "path.json"}]
+    rows = [
+        {"image": "a.png", "prompt": "a street", "direction": "left"},
+        {"image": "a.png", "prompt": "a park", "direction": "path.json"},
+    ]
     (tmp_path / "conditions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     entries = read_conditions(tmp_path / "conditions.jsonl")
     batch = user_conditions(entries, [0, 1, 2], 9, 32, 48)

@@ -87,7 +87,9 @@ def test_every_pixel_is_hit_along_a_yaw_sweep_and_forward_motion(scene):
     assert result.frames.shape == (len(cameras), 3, 24, 32) and result.frames.dtype == torch.float32
     assert 0.0 <= result.frames.min() and result.frames.max() <= 1.0
     assert torch.isfinite(result.depth).all() and (result.depth > 0).all()
-    assert (result.world_points >= scene.room_min - 1e-4).all() and (result.world_points <= scene.room_max + 1e-4).all()
+    assert (result.world_points >= scene.room_min - 1e-4).all() and (
+        result.world_points <= scene.room_max + 1e-4
+    ).all()
     assert ((result.face_ids >= 0) & (result.face_ids < scene.num_faces)).all()
     # Odd sizes put pixel centers exactly on the optical axis: ray directions with exact zero components.
     axis_aligned = render(scene, poses((0.0,), (90.0,)), default_intrinsics(25, 33), 25, 33, supersample=3)

@@ -28,4 +28,3 @@ def test_scene_layout_respects_the_camera_region_and_the_room():
 def test_scene_is_picklable(scene):
     restored = pickle.loads(pickle.dumps(scene))
     assert all(torch.equal(getattr(scene, name), getattr(restored, name)) for name in scene.__dataclass_fields__)
-
