@@ -21,6 +21,7 @@ class HalfShardedModel(torch.nn.Sequential):
 def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: str) -> None:
     import torch.distributed as dist
 
+    from lyra_rl.training.distributed import StepSettings
     from lyra_rl.training.fsdp import FullySharded, full_tensor
 
     def mean_over_processes(tensor, reduction):
@@ -33,7 +34,9 @@ def _clip_and_step_in_a_sharded_group(rank: int, world: int, port: int, result: 
     model = HalfShardedModel(torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
     accelerator = types.SimpleNamespace(num_processes=world, reduce=mean_over_processes)
     backend = FullySharded(
-        accelerator, model, learning_rate=0.1, weight_decay=0.01, max_grad_norm=0.5, samples_per_process=4
+        accelerator,
+        model,
+        StepSettings(learning_rate=0.1, weight_decay=0.01, max_grad_norm=0.5, samples_per_process=4),
     )
     assert backend.optimizer.defaults["foreach"] is False  # on GPUs foreach kernels would mix DTensors and tensors
     model(torch.randn(4, 5)).square().sum().backward()

@@ -16,6 +16,7 @@ whatever accelerate launched:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,6 +51,22 @@ def to_cpu(state: Any) -> Any:
     return state.cpu() if torch.is_tensor(state) else state
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How a backend steps the trained weights.
+
+    Attributes:
+        learning_rate, weight_decay: AdamW's (a scheduler then scales the learning rate).
+        max_grad_norm: the L2 norm gradients are clipped at before each step.
+        samples_per_process: samples of one optimizer step on each process (DeepSpeed's batch size).
+    """
+
+    learning_rate: float
+    weight_decay: float
+    max_grad_norm: float
+    samples_per_process: int
+
+
 class DataParallel:
     """Replicated weights: every process holds the whole policy and steps the same AdamW over the trained
     weights after averaging their gradients over the processes.
@@ -57,9 +74,7 @@ class DataParallel:
     Args:
         accelerator: the launch's accelerator (its process group).
         policy: the placed policy; its parameters with ``requires_grad`` are the trained weights.
-        learning_rate, weight_decay: AdamW's.
-        max_grad_norm: the L2 norm gradients are clipped at before each step.
-        samples_per_process: samples of one optimizer step on each process (DeepSpeed's batch size).
+        settings: how to step.
     """
 
     #: Whether every process must join every forward pass (sharded weights are gathered collectively).
@@ -67,20 +82,12 @@ class DataParallel:
     #: AdamW's ``foreach`` (``None``: torch's choice).
     foreach: bool | None = None
 
-    def __init__(
-        self,
-        accelerator: Accelerator,
-        policy: nn.Module,
-        learning_rate: float,
-        weight_decay: float,
-        max_grad_norm: float,
-        samples_per_process: int,
-    ):
-        self.accelerator, self.max_grad_norm = accelerator, max_grad_norm
+    def __init__(self, accelerator: Accelerator, policy: nn.Module, settings: StepSettings):
+        self.accelerator, self.max_grad_norm = accelerator, settings.max_grad_norm
         self.params = [p for p in policy.parameters() if p.requires_grad]
         # one parameter group under every backend, so that a checkpoint resumes under any launch
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=learning_rate, weight_decay=weight_decay, foreach=self.foreach
+            self.params, lr=settings.learning_rate, weight_decay=settings.weight_decay, foreach=self.foreach
         )
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -128,21 +135,14 @@ class DataParallel:
         self.optimizer.load_state_dict(state)
 
 
-def distributed_backend(
-    accelerator: Accelerator,
-    policy: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    max_grad_norm: float,
-    samples_per_process: int,
-) -> DataParallel:
+def distributed_backend(accelerator: Accelerator, policy: nn.Module, settings: StepSettings) -> DataParallel:
     """The backend of this launch (see the module's notes); FSDP shards ``policy`` here, so call it before
     anything else holds the policy's parameters. Raises ``ValueError`` for launch settings it does not
     implement."""
     from .fsdp import FullySharded, fsdp_plugin
     from .zero import ZeRO
 
-    args = accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process
+    args = accelerator, policy, settings
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         return ZeRO(*args)
     plugin = fsdp_plugin(accelerator)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from .distributed import DataParallel, to_cpu
+from .distributed import DataParallel, StepSettings, to_cpu
 
 
 def fsdp_plugin(accelerator: Accelerator) -> FullyShardedDataParallelPlugin | None:
@@ -101,19 +101,12 @@ class FullySharded(DataParallel):
     foreach = False
 
     def __init__(
-        self,
-        accelerator: Accelerator,
-        policy: nn.Module,
-        learning_rate: float,
-        weight_decay: float,
-        max_grad_norm: float,
-        samples_per_process: int,
-        reshard_after_forward: bool = True,
+        self, accelerator: Accelerator, policy: nn.Module, settings: StepSettings, reshard_after_forward: bool = True
     ):
         if not hasattr(policy, "shard"):
             raise ValueError(f"{type(policy).__name__} has no shard(): launch without FSDP")
         policy.shard(reshard_after_forward)
-        super().__init__(accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process)
+        super().__init__(accelerator, policy, settings)
 
     def step(self) -> torch.Tensor:
         self.reduce_gradients([p for p in self.params if not isinstance(p, DTensor)])  # FSDP reduced the shards'

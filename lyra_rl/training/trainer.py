@@ -33,7 +33,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .config import TrainingConfig, learning_rate_factor, weight_dtype
-from .distributed import distributed_backend, make_accelerator
+from .distributed import StepSettings, distributed_backend, make_accelerator
 from .metrics import Curve, MicroBatchMetrics, TensorBoard, plot_curves
 
 
@@ -99,10 +99,7 @@ class Trainer:
         self.backend = distributed_backend(
             self.accelerator,
             policy,
-            config.learning_rate,
-            config.weight_decay,
-            config.max_grad_norm,
-            self.samples_per_process(),
+            StepSettings(config.learning_rate, config.weight_decay, config.max_grad_norm, self.samples_per_process()),
         )
         self.optimizer = self.backend.optimizer
         total = config.max_steps * self.optimizer_steps_per_step()

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .distributed import DataParallel
+from .distributed import DataParallel, StepSettings
 
 
 def zero_engine(
@@ -135,17 +135,11 @@ class ZeRO(DataParallel):
     """DeepSpeed ZeRO stage 1 or 2 over the trained weights (see the module's notes); arguments as
     :class:`DataParallel`'s."""
 
-    def __init__(
-        self,
-        accelerator: Accelerator,
-        policy: nn.Module,
-        learning_rate: float,
-        weight_decay: float,
-        max_grad_norm: float,
-        samples_per_process: int,
-    ):
-        super().__init__(accelerator, policy, learning_rate, weight_decay, max_grad_norm, samples_per_process)
-        self.engine = zero_engine(accelerator, self.params, self.optimizer, max_grad_norm, samples_per_process)
+    def __init__(self, accelerator: Accelerator, policy: nn.Module, settings: StepSettings):
+        super().__init__(accelerator, policy, settings)
+        self.engine = zero_engine(
+            accelerator, self.params, self.optimizer, settings.max_grad_norm, settings.samples_per_process
+        )
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already scaled for accumulation
