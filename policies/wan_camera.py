@@ -52,9 +52,11 @@ __all__ = [
 # Named architectures. "wan2.1-1.3b" are the published Wan2.1-T2V-1.3B shapes; "embedded" is the small world
 # model whose weights ship with the package (space-to-depth codec, dense layout: its in_channels grow by the
 # dense conditioning, see CameraConditionedWan).
+# What every named architecture shares: Wan2.1's 2x2 patches and its normalisations.
+WAN_BLOCKS = dict(patch_size=(1, 2, 2), cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
 TRANSFORMER_CONFIGS = {
     "tiny": dict(
-        patch_size=(1, 2, 2),
+        **WAN_BLOCKS,
         num_attention_heads=2,
         attention_head_dim=16,
         in_channels=4,
@@ -63,13 +65,10 @@ TRANSFORMER_CONFIGS = {
         freq_dim=32,
         ffn_dim=64,
         num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
         rope_max_seq_len=64,
     ),
     "wan2.1-1.3b": dict(
-        patch_size=(1, 2, 2),
+        **WAN_BLOCKS,
         num_attention_heads=12,
         attention_head_dim=128,
         in_channels=16,
@@ -78,12 +77,9 @@ TRANSFORMER_CONFIGS = {
         freq_dim=256,
         ffn_dim=8960,
         num_layers=30,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
     ),
     "embedded": dict(
-        patch_size=(1, 2, 2),
+        **WAN_BLOCKS,
         num_attention_heads=3,
         attention_head_dim=64,
         in_channels=48,
@@ -92,9 +88,6 @@ TRANSFORMER_CONFIGS = {
         freq_dim=64,
         ffn_dim=768,
         num_layers=4,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
         rope_max_seq_len=64,
     ),
 }
