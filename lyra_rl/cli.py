@@ -2,6 +2,7 @@
 
 lyra-rl score VIDEO --direction forward [--fov 70 | --intrinsics fx fy cx cy] [--rewards ...]
 lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # camera metrics and rewards
+lyra-rl evaluate --config RECIPE.yaml [--checkpoint DIR] --out DIR [--num-conditions N] [--seeds 0 1 2]  # a model
 lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
 lyra-rl rewards                       # list the registered reward plugins
 lyra-rl plot-presets OUT.png          # the seven presets drawn from above
@@ -20,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from .camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory
+from .data.conditions import CAMERA_PATHS, ConditionSource
 from .evaluate import compare, comparison_table, evaluate_videos, markdown_table, summarize, write_evaluation
 from .reward import RewardSet, available_rewards, resolve_reward_class
 from .video import plot_trajectories, read_video
@@ -72,7 +74,35 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``evaluate``'s options of one mode only: (flag, attribute).
+FOLDER_OPTIONS = (("--direction", "direction"), ("--references", "references"))
+MODEL_OPTIONS = (
+    ("--checkpoint", "checkpoint"),
+    ("--num-conditions", "num_conditions"),
+    ("--seeds", "seeds"),
+    ("--sampling-steps", "sampling_steps"),
+    ("--camera-paths", "camera_paths"),
+    ("--batch-size", "batch_size"),
+)
+
+
+def check_estimates_paths(rewards: list[str]) -> None:
+    if not any(hasattr(resolve_reward_class(name), "estimate_trajectory") for name in rewards):
+        raise ValueError("evaluate estimates camera paths with pose_consistency: add it to --rewards")
+
+
 def evaluate(args: argparse.Namespace) -> int:
+    """A folder of videos or, with ``--config``, a model: exactly one of the two."""
+    if (args.folder is None) == (args.config is None):
+        raise ValueError("evaluate takes a folder of videos or --config RECIPE.yaml (a model): exactly one of the two")
+    mode, others = ("--config", FOLDER_OPTIONS) if args.config else ("a folder of videos", MODEL_OPTIONS)
+    given = [flag for flag, name in others if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"{given[0]} does not apply to {mode}")
+    return evaluate_model_command(args) if args.config else evaluate_folder(args)
+
+
+def evaluate_folder(args: argparse.Namespace) -> int:
     """Every video of a folder against its commanded path: ``<stem>.direction`` beside it (a preset name or a
     trajectory file relative to the folder), else ``--direction`` (a preset or a file); the reference
     ``<stem>.mp4`` of ``--references`` where given. Every input is checked before any work."""
@@ -81,8 +111,8 @@ def evaluate(args: argparse.Namespace) -> int:
     paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in (".mp4", ".webm", ".mov", ".avi"))
     if not paths:
         raise ValueError(f"no videos (*.mp4) in {args.folder}")
-    if not any(hasattr(resolve_reward_class(name), "estimate_trajectory") for name in args.rewards):
-        raise ValueError("evaluate estimates camera paths with pose_consistency: add it to --rewards")
+    args.rewards = args.rewards or list(DEFAULT_REWARDS)
+    check_estimates_paths(args.rewards)
     directions = {}
     for path in paths:
         file = path.with_suffix(".direction")
@@ -109,6 +139,77 @@ def evaluate(args: argparse.Namespace) -> int:
             paths_drawn = {"commanded": trajectory, **({"estimated": estimated} if estimated is not None else {})}
             plot_trajectories(paths_drawn, args.out / "trajectories" / f"{path.stem}.png", path.name)
     print(f"Wrote {write_evaluation(rows, args.out)}, evaluation.md, trajectories/*.png")
+    print(markdown_table(summarize(rows)))
+    return 0
+
+
+def evaluate_model_command(args: argparse.Namespace) -> int:
+    """A model on its held-out conditions (:func:`lyra_rl.evaluate_model.evaluate_model`): the policy, rewards,
+    conditions and sampler of a recipe's config, with the trained weights of ``--checkpoint`` (a checkpoint
+    folder, or a run's folder: its last checkpoint). Every input is checked before any video is sampled."""
+    from policies import WanCameraPolicy, build_policy  # the policy package: only this mode builds a policy
+    from policies.training import parse_recipe_config
+
+    from .evaluate_model import evaluate_model
+    from .training import latest_checkpoint, make_accelerator
+    from .training.checkpoint import load_trained_weights
+
+    policy_config, reward_config, config = parse_recipe_config(args.config)
+    rewards = args.rewards or reward_config.rewards or list(DEFAULT_REWARDS)
+    check_estimates_paths(rewards)
+    procedural = config.conditions == "procedural"
+    num_conditions = config.eval_conditions if args.num_conditions is None else args.num_conditions
+    if num_conditions < 1:
+        raise ValueError(f"--num-conditions must be >= 1, got {num_conditions} (the config's eval_conditions)")
+    if not procedural and num_conditions > config.eval_conditions:
+        raise ValueError(
+            f"{config.conditions} holds out its last {config.eval_conditions} conditions (eval_conditions): "
+            f"--num-conditions {num_conditions} is more"
+        )
+    if args.camera_paths is not None and not procedural:
+        raise ValueError(f"--camera-paths applies to procedural conditions only, not {config.conditions}")
+    seeds = args.seeds or [config.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds must differ, got {seeds}")
+    sampling_steps = config.eval_sampling_steps if args.sampling_steps is None else args.sampling_steps
+    batch_size = 4 if args.batch_size is None else args.batch_size
+    if sampling_steps < 1 or batch_size < 1:
+        raise ValueError(f"--sampling-steps and --batch-size must be >= 1, got {sampling_steps} and {batch_size}")
+    state = checkpoint = None
+    if args.checkpoint is not None:
+        if not args.checkpoint.is_dir():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such folder")
+        checkpoint = latest_checkpoint(args.checkpoint) or args.checkpoint
+        state = WanCameraPolicy.read_trained_weights(checkpoint)
+    source = ConditionSource.from_config(config, videos=procedural, camera_paths=args.camera_paths)
+    accelerator = make_accelerator(config.mixed_precision)
+    policy = build_policy(policy_config, config.seed, accelerator)
+    if state is not None:
+        try:
+            load_trained_weights(policy.trained_parameters(), state)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"--checkpoint {checkpoint} with {args.config}: {error.args[0]}") from error
+    if args.rewards or not reward_config.rewards:
+        reward_set = RewardSet.from_names(rewards)
+    else:
+        reward_set = reward_config.reward_set()  # the config's weights and options
+    with reward_set:
+        rows = evaluate_model(
+            policy,
+            source,
+            reward_set,
+            num_conditions,
+            seeds,
+            sampling_steps,
+            config.shift,
+            config.guidance_scale,
+            config.negative_prompt,
+            args.out,
+            batch_size,
+            bf16=accelerator.mixed_precision == "bf16",
+        )
+    panels = "generated | true render | camera paths" if procedural else "generated | camera paths"
+    print(f"Wrote {args.out / 'evaluation.json'}, evaluation.md, videos/*.mp4 ({panels}), trajectories/*.png")
     print(markdown_table(summarize(rows)))
     return 0
 
@@ -144,15 +245,45 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="score only the first N frames")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=score)
-    p = commands.add_parser("evaluate", help="camera accuracy and rewards of a folder of videos")
+    p = commands.add_parser("evaluate", help="camera accuracy and rewards of a folder of videos, or of a model's")
     p.add_argument(
-        "folder", type=Path, help="videos, each with an optional <stem>.direction (preset or trajectory file)"
+        "folder",
+        type=Path,
+        nargs="?",
+        help="videos, each with an optional <stem>.direction (preset or trajectory file); or --config",
     )
-    p.add_argument("--out", type=Path, required=True, help="folder for evaluation.json, evaluation.md, trajectories/")
-    p.add_argument("--direction", help="the commanded path of videos without a .direction file")
-    p.add_argument("--references", type=Path, help="a folder of reference videos of the same names (PSNR)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="a model instead: a recipe's YAML (its policy, rewards, held-out conditions and sampler)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for evaluation.json, evaluation.md, trajectories/ (videos/)"
+    )
+    p.add_argument("--direction", help="folder: the commanded path of videos without a .direction file")
+    p.add_argument("--references", type=Path, help="folder: reference videos of the same names (PSNR)")
     add_camera_arguments(p)
-    p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names (pose_consistency first)")
+    p.add_argument(
+        "--rewards",
+        nargs="+",
+        help=f"reward names, pose_consistency among them (default: {' '.join(DEFAULT_REWARDS)}; with --config, "
+        "the config's rewards where it has some)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="--config: trained weights, a checkpoint folder or a run's (its last checkpoint); default: none, the "
+        "config's own weights",
+    )
+    p.add_argument(
+        "--num-conditions", type=int, help="--config: held-out conditions per seed (default: eval_conditions)"
+    )
+    p.add_argument("--seeds", type=int, nargs="+", help="--config: sampling seeds (default: the config's seed)")
+    p.add_argument("--sampling-steps", type=int, help="--config: ODE steps (default: eval_sampling_steps)")
+    p.add_argument(
+        "--camera-paths", choices=CAMERA_PATHS, help="--config: procedural held-out paths (default: the config's)"
+    )
+    p.add_argument("--batch-size", type=int, help="--config: conditions sampled together (default 4)")
     p.set_defaults(run=evaluate)
     p = commands.add_parser("compare", help="two evaluations (before / after) side by side, with deltas")
     p.add_argument("before", type=Path, help="evaluation.json")
@@ -182,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"lyra-rl: error: {error}", file=sys.stderr)
+    except (FileNotFoundError, ValueError) as error:  # bad input: one line, as argparse prints a bad flag
+        print(f"lyra-rl: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

@@ -28,6 +28,8 @@ from .camera import Cameras, trajectory_errors
 from .reward import RewardSet
 
 CAMERA_METRICS = ("rot_err", "trans_err", "cam_mc", "rot_err_deg", "trans_err_scaled", "camera_control")
+#: Keys of a row that name its video rather than measure it (left out of summaries).
+ROW_IDS = ("video", "seed", "condition")
 
 
 def psnr(video: Tensor, reference: Tensor) -> float:
@@ -36,21 +38,35 @@ def psnr(video: Tensor, reference: Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
-def evaluate_videos(
-    videos: Tensor, cameras: Cameras, prompts: Sequence[str], reward_set: RewardSet, references: Tensor | None = None
-) -> tuple[list[dict[str, float]], list[Tensor | None]]:
-    """Scores videos ``(B, T, 3, H, W)`` in [0, 1] against their commanded ``cameras`` (see the module).
-
-    Returns:
-        one row of metrics per video, and the estimated paths ``(T, 4, 4)`` (``None`` where none was found).
-    """
-    scores = reward_set(videos, cameras, prompts)
+def path_estimator(reward_set: RewardSet):
+    """The first reward of the set that estimates camera paths (``estimate_trajectory``, as ``pose_consistency``
+    does); a ``ValueError`` if none does."""
     estimator = next((r for r in reward_set.rewards if hasattr(r, "estimate_trajectory")), None)
     if estimator is None:
         raise ValueError(
             "evaluation estimates camera paths with a reward that has estimate_trajectory "
             "(pose_consistency): add it to the rewards"
         )
+    return estimator
+
+
+def evaluate_videos(
+    videos: Tensor,
+    cameras: Cameras,
+    prompts: Sequence[str],
+    reward_set: RewardSet,
+    references: Tensor | None = None,
+    images: Tensor | None = None,
+) -> tuple[list[dict[str, float]], list[Tensor | None]]:
+    """Scores videos ``(B, T, 3, H, W)`` in [0, 1] against their commanded ``cameras`` (see the module), with
+    ``psnr`` to ``references (B, T, 3, H, W)`` where given; ``images (B, 3, H, W)``, the conditioning first
+    frames, go to the rewards.
+
+    Returns:
+        one row of metrics per video, and the estimated paths ``(T, 4, 4)`` (``None`` where none was found).
+    """
+    estimator = path_estimator(reward_set)
+    scores = reward_set(videos, cameras, prompts, images=images)
     rows, paths = [], []
     for k in range(len(videos)):
         commanded = cameras.cam_from_world[k]
@@ -75,7 +91,7 @@ def evaluate_videos(
 def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric: ``mean`` and ``std`` over the rows where it is finite, and their ``count``."""
     summary = {}
-    for name in dict.fromkeys(k for row in rows for k in row if k not in ("video", "seed")):
+    for name in dict.fromkeys(k for row in rows for k in row if k not in ROW_IDS):
         values = torch.tensor([row[name] for row in rows if name in row], dtype=torch.float64)
         finite = values[torch.isfinite(values)]
         std = float(finite.std()) if len(finite) > 1 else 0.0

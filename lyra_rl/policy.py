@@ -26,7 +26,8 @@ from .camera import Cameras
 class VideoPolicy(Protocol):
     def condition(self, images: Tensor, prompts: Sequence[str], cameras: Cameras) -> Any:
         """Embeddings of the conditioning images ``(B, 3, H, W)``, prompts and commanded cameras: an object with
-        ``repeat(n)`` (each condition ``n`` times in a row) and slicing ``cond[a:b]`` (a sub-batch)."""
+        ``repeat(n)`` (each condition ``n`` times in a row), slicing ``cond[a:b]`` (a sub-batch) and indexing by a
+        1-D tensor of rows ``cond[rows]`` (DPO's pairs)."""
 
     def with_prompts(self, cond: Any, prompts: Sequence[str]) -> Any:
         """``cond`` with other prompts (the negative prompt of classifier-free guidance), the rest reused."""

@@ -13,6 +13,12 @@ Contract:
       gets the reward's documented ``floor`` and ``failed=True``: a reward never raises inside a
       training step. ``NaN`` means *not applicable* (e.g. triangulation on a pure rotation) and is
       left out of the weighted sum, as trl does for rewards that return ``None``.
+
+Faults: a :class:`RewardSet` contains a reward that breaks the contract on a video (raises anything but
+:class:`EstimationError`, returns ``inf`` or an output of the wrong type or shape): that video gets the
+reward's floor, ``failed=True`` and ``errors=True`` (logged as ``errors/<name>``), a warning names the reward
+the first time, and the other rewards and videos are scored as usual. ``errors="raise"`` raises instead, for
+debugging a plugin.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import math
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -37,8 +44,17 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "lyra_rl.rewards"
 
 
+#: What a :class:`RewardSet` does with a reward's fault: score the video at the reward's floor, or raise.
+REWARD_ERRORS = ("contain", "raise")
+
+
 class EstimationError(RuntimeError):
     """A reward could not estimate what it needs from a video (too few matches, degenerate geometry)."""
+
+
+class RewardError(RuntimeError):
+    """A reward broke its output contract (an infinite value, an output of the wrong type or shape); raised
+    by a :class:`RewardSet` with ``errors="raise"``, contained otherwise."""
 
 
 @dataclass
@@ -103,7 +119,8 @@ class VideoReward:
     Subclasses set ``name`` and ``floor`` and implement :meth:`score_video`, which raises
     :class:`EstimationError` on a video it cannot score; the batch call turns that into ``floor`` with
     ``failed=True`` (logged at debug level; the trainer logs the failed fraction per step). Any other
-    exception is a bug and propagates. Inputs are moved to the CPU once, here.
+    exception is a bug and propagates (a :class:`RewardSet` contains it: see the module's notes). Inputs are
+    moved to the CPU once, here.
     """
 
     name: str = "reward"
@@ -191,22 +208,65 @@ class RewardSetOutput:
     Attributes:
         total: ``(B,)`` weighted sum of the rewards, NaN (not applicable) terms left out.
         rewards: reward name -> ``(B,)``.
-        failed: reward name -> ``(B,)`` bool.
+        failed: reward name -> ``(B,)`` bool, True where the reward could not score the video (its floor).
         diagnostics: ``"reward/diagnostic"`` -> ``(B,)``.
+        errors: reward name -> ``(B,)`` bool, True where the reward broke its contract on the video (raised,
+            returned ``inf`` or a wrong output): those are ``failed`` too.
     """
 
     total: Tensor
     rewards: dict[str, Tensor]
     failed: dict[str, Tensor]
     diagnostics: dict[str, Tensor]
+    errors: dict[str, Tensor] = field(default_factory=dict)
+
+
+def output_problem(output: object) -> str | None:
+    """What is wrong with a reward's output for one video (``None``: nothing): not a :class:`RewardOutput`,
+    a field not of shape ``(1,)``, an infinite reward (NaN means not applicable and is allowed)."""
+    if not isinstance(output, RewardOutput):
+        return f"returned {type(output).__name__}, not a RewardOutput"
+    fields = {"rewards": output.rewards, "failed": output.failed}
+    fields.update({f"diagnostic {key!r}": value for key, value in output.diagnostics.items()})
+    for name, value in fields.items():
+        if not isinstance(value, Tensor) or value.shape != (1,):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            return f"returned {name} of shape {shape} for one video, expected (1,)"
+    if torch.isinf(output.rewards.float()).any():
+        return f"returned an infinite reward ({float(output.rewards[0])})"
+    return None
 
 
 def _score_one(
-    rewards: Sequence[Reward], video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None
-) -> list[RewardOutput]:
-    """Scores one video ``(1, T, 3, H, W)`` with every reward, sharing one cache (features, matches)."""
+    rewards: Sequence[Reward],
+    video: Tensor,
+    cameras: Cameras,
+    prompt: str,
+    image: Tensor | None,
+    contain: bool = True,
+) -> list[RewardOutput | str]:
+    """Scores one video ``(1, T, 3, H, W)`` with every reward, sharing one cache (features, matches).
+
+    Returns:
+        Per reward, its output or, where it broke the contract and ``contain``, what it did (else that raises).
+    """
     cache: dict = {}
-    return [r(video, cameras, [prompt], images=image, caches=[cache]) for r in rewards]
+    outputs: list[RewardOutput | str] = []
+    for reward in rewards:
+        try:
+            output = reward(video, cameras, [prompt], images=image, caches=[cache])
+            problem = output_problem(output)
+        except EstimationError as error:  # escaped a plugin's own __call__: the video cannot be scored
+            logger.debug("%s could not score a video (%s); using floor %.3g", reward.name, error, reward.floor)
+            output, problem = RewardOutput(torch.tensor([float(reward.floor)]), torch.tensor([True])), None
+        except Exception as error:
+            if not contain:
+                raise
+            problem = f"raised {type(error).__name__}: {error}"
+        if problem is not None and not contain:
+            raise RewardError(f"reward {reward.name!r} {problem}")
+        outputs.append(problem if problem is not None else output)
+    return outputs
 
 
 _WORKER_REWARDS: Sequence[Reward] = ()
@@ -224,8 +284,10 @@ def _init_worker(rewards: Sequence[Reward]) -> None:
     _WORKER_REWARDS = rewards
 
 
-def _score_in_worker(video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None) -> list[RewardOutput]:
-    return _score_one(_WORKER_REWARDS, video, cameras, prompt, image)
+def _score_in_worker(
+    video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None, contain: bool
+) -> list[RewardOutput | str]:
+    return _score_one(_WORKER_REWARDS, video, cameras, prompt, image, contain)
 
 
 class RewardSet:
@@ -235,15 +297,29 @@ class RewardSet:
     computed once per video and shared. With ``num_workers > 0`` videos are spread over a persistent pool
     of spawned worker processes (one thread each), which scales batch throughput with CPU cores.
 
+    A reward's fault on a video (see the module's notes) is contained: the video gets that reward's floor,
+    ``failed`` and ``errors``; a worker process that dies takes its videos' scores with it (every reward's
+    floor and error) and the pool is started afresh at the next call. A warning names each reward the
+    first time it faults, and the first time it returns NaN (not applicable) for every video of a batch,
+    which leaves it out of their totals. There is no timeout: a reward that hangs stalls the set.
+
     Args:
         rewards: reward instances.
         weights: one weight per reward (default 1 each).
         num_workers: worker processes; 0 scores in this process.
+        errors: ``"contain"`` (the default) or ``"raise"``: a fault raises (the reward's own exception, or a
+            :class:`RewardError`), to debug a plugin.
     """
 
     _pool: ProcessPoolExecutor | None = None
 
-    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float] | None = None, num_workers: int = 0):
+    def __init__(
+        self,
+        rewards: Sequence[Reward],
+        weights: Sequence[float] | None = None,
+        num_workers: int = 0,
+        errors: str = "contain",
+    ):
         if not rewards:
             raise ValueError("a RewardSet needs at least one reward")
         names = [r.name for r in rewards]
@@ -254,9 +330,13 @@ class RewardSet:
             raise ValueError(f"got {len(weights)} reward_weights for {len(rewards)} rewards")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if errors not in REWARD_ERRORS:
+            raise ValueError(f"reward errors must be one of {REWARD_ERRORS}, got {errors!r}")
         self.rewards = list(rewards)
         self.weights = weights
         self.num_workers = num_workers
+        self.contain = errors == "contain"
+        self._warned: set[tuple[str, str]] = set()
 
     @classmethod
     def from_names(
@@ -265,13 +345,14 @@ class RewardSet:
         weights: Sequence[float] | None = None,
         reward_kwargs: dict[str, dict] | None = None,
         num_workers: int = 0,
+        errors: str = "contain",
     ) -> RewardSet:
         """Builds a set from registry names or dotted paths; ``reward_kwargs`` maps a name to its options."""
         reward_kwargs = reward_kwargs or {}
         unknown = set(reward_kwargs) - set(names)
         if unknown:
             raise ValueError(f"reward_kwargs given for rewards not in the set: {sorted(unknown)}")
-        return cls([load_reward(n, **reward_kwargs.get(n, {})) for n in names], weights, num_workers)
+        return cls([load_reward(n, **reward_kwargs.get(n, {})) for n in names], weights, num_workers, errors)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -294,20 +375,60 @@ class RewardSet:
             for b in range(len(videos))
         ]
         if self.num_workers:
-            futures = [self._executor().submit(_score_in_worker, *a) for a in args]
-            per_video = [f.result() for f in futures]
+            per_video = self._score_in_workers(args)
         else:
-            per_video = [_score_one(self.rewards, *a) for a in args]
-        rewards, failed, diagnostics = {}, {}, {}
+            per_video = [_score_one(self.rewards, *a, self.contain) for a in args]
+        rewards, failed, diagnostics, errors = {}, {}, {}, {}
         for k, reward in enumerate(self.rewards):
             outputs = [video_outputs[k] for video_outputs in per_video]
-            rewards[reward.name] = torch.cat([o.rewards for o in outputs])
-            failed[reward.name] = torch.cat([o.failed for o in outputs])
+            problems = [o for o in outputs if isinstance(o, str)]
+            if problems:
+                self._warn_once(
+                    reward.name,
+                    "error",
+                    f"reward {reward.name!r} {problems[0]} (on {len(problems)} of {len(outputs)} videos): they are "
+                    f"scored at its floor {reward.floor:g} and counted in errors/{reward.name}; later errors are "
+                    "counted, not logged (reward_errors 'raise' raises them)",
+                )
+            floor = RewardOutput(torch.tensor([float(reward.floor)]), torch.tensor([True]))
+            errors[reward.name] = torch.tensor([isinstance(o, str) for o in outputs])
+            outputs = [floor if isinstance(o, str) else o for o in outputs]
+            rewards[reward.name] = torch.cat([o.rewards.float() for o in outputs])
+            failed[reward.name] = torch.cat([o.failed.bool() for o in outputs]) | errors[reward.name]
             for key in sorted({key for o in outputs for key in o.diagnostics}):
                 nan = torch.full((1,), math.nan)
-                diagnostics[f"{reward.name}/{key}"] = torch.cat([o.diagnostics.get(key, nan) for o in outputs])
+                diagnostics[f"{reward.name}/{key}"] = torch.cat([o.diagnostics.get(key, nan).float() for o in outputs])
+            if rewards[reward.name].isnan().all():
+                self._warn_once(
+                    reward.name,
+                    "nan",
+                    f"reward {reward.name!r} returned NaN (not applicable) for every video of a batch of "
+                    f"{len(outputs)}: it is left out of their total",
+                )
         weighted = torch.stack([w * rewards[r.name] for r, w in zip(self.rewards, self.weights)])
-        return RewardSetOutput(torch.nansum(weighted, dim=0), rewards, failed, diagnostics)
+        return RewardSetOutput(torch.nansum(weighted, dim=0), rewards, failed, diagnostics, errors)
+
+    def _score_in_workers(self, args: list[tuple]) -> list[list[RewardOutput | str]]:
+        """:func:`_score_one` of each video in the pool; a video whose worker failed gets every reward's fault."""
+        futures = [self._executor().submit(_score_in_worker, *a, self.contain) for a in args]
+        per_video, broken = [], False
+        for future in futures:
+            try:
+                per_video.append(future.result())
+            except Exception as error:
+                if not self.contain:
+                    raise
+                broken = broken or isinstance(error, BrokenProcessPool)
+                problem = f"could not be scored: its worker process failed ({type(error).__name__}: {error})"
+                per_video.append([problem] * len(self.rewards))
+        if broken:  # a worker died (killed, out of memory, crashed): the next call starts a new pool
+            self.close()
+        return per_video
+
+    def _warn_once(self, name: str, kind: str, message: str) -> None:
+        if (name, kind) not in self._warned:
+            self._warned.add((name, kind))
+            logger.warning(message)
 
     def close(self) -> None:
         """Shuts the worker pool down (also done when the set is garbage-collected)."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .policy import VideoPolicy
-from .sampling import StepOutput, classifier_free_guidance, ode_step, sde_step
+from .sampling import StepOutput, classifier_free_guidance, ode_step, sde_step, shifted_sigmas
 
 
 @dataclass
@@ -118,3 +118,21 @@ def rollout(
             log_probs[:, k] = torch.cat([step.log_prob for step in steps]).float().cpu()
         states.append(x)
     return Rollout(torch.stack(states), log_probs)
+
+
+@torch.no_grad()
+def ode_sample(
+    policy: VideoPolicy,
+    cond: Any,
+    noise: Tensor,
+    num_steps: int,
+    shift: float,
+    uncond: Any = None,
+    guidance_scale: float = 1.0,
+) -> Tensor:
+    """Deterministic samples, as evaluation draws them: ``noise (B, C, T', H', W')`` denoised by the Euler ODE
+    over ``shifted_sigmas(num_steps, shift)`` (:func:`rollout` without an SDE step); the sampled latents
+    ``(B, C, T', H', W')``."""
+    sigmas = shifted_sigmas(num_steps, shift).to(noise.device)
+    ode = torch.zeros(num_steps, dtype=torch.bool)
+    return rollout(policy, cond, noise, sigmas, ode, 0.0, None, uncond, guidance_scale).states[-1]

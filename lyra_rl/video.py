@@ -98,7 +98,8 @@ PATH_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
 def camera_path_video(video: Tensor, paths: dict[str, Tensor], min_height: int = 192) -> Tensor:
-    """The video with the camera paths drawn from above beside it, the current camera marked in each frame.
+    """The video with the camera paths drawn from above beside it, the current camera marked in each frame with
+    its heading (so that rotations in place show too).
 
     Args:
         video: ``(T, 3, H, W)`` in [0, 1]; upscaled (nearest) to at least ``min_height`` rows.
@@ -114,15 +115,18 @@ def camera_path_video(video: Tensor, paths: dict[str, Tensor], min_height: int =
     scale = -(-min_height // video.shape[-2])
     frames = torch.nn.functional.interpolate(video.float(), scale_factor=scale, mode="nearest")
     side = frames.shape[-2]
-    centers = {name: camera_centers(p.double()).numpy() for name, p in paths.items()}
+    world_from_cam = {name: invert_pose(p.double()).numpy() for name, p in paths.items()}
+    centers = {name: w[:, :3, 3] for name, w in world_from_cam.items()}
+    headings = {name: w[:, :3, 2] for name, w in world_from_cam.items()}  # each camera's z axis in the world
     stacked = np.concatenate(list(centers.values()))
     half = max(float(np.abs(stacked[:, [0, 2]]).max()) * 1.15, 1e-3)
     dpi = 100
     fig, ax = plt.subplots(figsize=(side / dpi, side / dpi), dpi=dpi)
-    markers = []
+    markers, arrows = [], []
     for color, (name, c) in zip(PATH_COLORS, centers.items()):
         ax.plot(c[:, 0], c[:, 2], "-", color=color, label=name, linewidth=1.2)
         markers.append(ax.plot(c[:1, 0], c[:1, 2], "o", color=color, markersize=4)[0])
+        arrows.append(ax.plot([], [], "-", color=color, linewidth=2.0)[0])
     ax.set_aspect("equal")
     ax.set_xlim(-half, half)
     ax.set_ylim(-0.3 * half, 1.7 * half)
@@ -131,8 +135,10 @@ def camera_path_video(video: Tensor, paths: dict[str, Tensor], min_height: int =
     fig.tight_layout(pad=0.3)
     panels = []
     for t in range(len(video)):
-        for marker, c in zip(markers, centers.values()):
+        for marker, arrow, c, h in zip(markers, arrows, centers.values(), headings.values()):
             marker.set_data(c[t : t + 1, 0], c[t : t + 1, 2])
+            tip = c[t] + 0.3 * half * h[t]
+            arrow.set_data([c[t, 0], tip[0]], [c[t, 2], tip[2]])
         fig.canvas.draw()
         rgba = np.asarray(fig.canvas.buffer_rgba())[:side, :side, :3]
         panels.append(torch.from_numpy(rgba.copy()).permute(2, 0, 1).float() / 255)

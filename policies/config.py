@@ -45,7 +45,11 @@ class PolicyConfig:
         default=None, metadata={"help": "Wan2.1 weights folder (diffusers or original layout)."}
     )
     dit_path: str | None = field(
-        default=None, metadata={"help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt), e.g. Astra's."}
+        default=None,
+        metadata={
+            "help": "Fine-tuned DiT with camera modules (.safetensors/.ckpt, or a checkpoint folder), e.g. Astra's; "
+            "'embedded': the world model that ships with the package (policy: embedded)."
+        },
     )
     prompt_embeddings: str | None = field(
         default=None,

@@ -46,6 +46,9 @@ ASTRA_UNUSED_KEYS = (
 
 logger = logging.getLogger(__name__)
 
+SHIPPED_DITS = {"embedded": Path(__file__).parent / "embedded" / "diffusion_pytorch_model.safetensors"}
+"""DiT weights that ship with the package, by the name ``--dit_path`` accepts for them (model cards beside them)."""
+
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from one ``.safetensors`` file, a ``.ckpt``/``.pth``/``.bin`` pickle (tensors only),
@@ -145,7 +148,8 @@ def load_pretrained(
     are not cached yet pass through it); without, prompts must come from precomputed embeddings.
 
     The seed's arguments map directly: ``--wan_model_path models/Wan-AI/Wan2.1-T2V-1.3B`` and
-    ``--dit_path models/Astra/checkpoints/diffusion_pytorch_model.ckpt``.
+    ``--dit_path models/Astra/checkpoints/diffusion_pytorch_model.ckpt``; ``dit_path`` may also name weights
+    that ship with the package (:data:`SHIPPED_DITS`: ``embedded``).
     """
     if wan_model_path is not None:
         root = Path(wan_model_path)
@@ -163,7 +167,7 @@ def load_pretrained(
         if text_encoder:
             policy.text_encoder, policy.tokenizer = load_text_encoder(root)
     if dit_path is not None:
-        load_transformer(policy, dit_path, with_camera=True)
+        load_transformer(policy, SHIPPED_DITS.get(str(dit_path), dit_path), with_camera=True)
 
 
 # Wan's T5 module names -> transformers' UMT5EncoderModel names (per block N). Wan's feed-forward is

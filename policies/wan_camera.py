@@ -93,6 +93,11 @@ TRANSFORMER_CONFIGS = {
 }
 DEFAULT_CAMERA_LAYOUTS = {"embedded": "dense"}  # config -> its camera layout where it is not "recammaster"
 CODEC_CONFIGS = {"embedded": dict(factor=4)}  # space-to-depth codecs; the other configs use VAE_CONFIGS
+# What the DiT's output is, where it is not the velocity (docs/policies.md#what-the-dit-predicts): "sample" is x0;
+# "warp_residual" is x0 minus frame 0 warped into each commanded camera (the dense layout's hint), the embedded
+# world model's ("sample" in the other layouts, which have no warp). The velocity is then (x_t - x0) / max(t, 0.05).
+PREDICTIONS = {"embedded": "warp_residual"}
+SAMPLE_PREDICTION_MIN_T = 0.05
 VAE_CONFIGS = {
     "tiny": dict(
         base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, latents_mean=[0.0] * 4, latents_std=[1.0] * 4
@@ -156,8 +161,8 @@ class WanCondition:
         """Each condition repeated ``times`` times in a row (a GRPO group)."""
         return WanCondition(*(x.repeat_interleave(times, dim=0) for x in (self.text, self.camera, self.image_latents)))
 
-    def __getitem__(self, index: slice) -> WanCondition:
-        """The conditions of a sub-batch (a micro-batch of the update)."""
+    def __getitem__(self, index: slice | Tensor) -> WanCondition:
+        """The conditions of a sub-batch (a micro-batch of the update), a slice or a 1-D tensor of rows."""
         return WanCondition(self.text[index], self.camera[index], self.image_latents[index])
 
 
@@ -189,6 +194,7 @@ class WanCameraPolicy(nn.Module):
         self.offload_vae = False
         self._lora_layers: list[BaseTunerLayer] = []  # set by add_lora
         self._trains_transformer = False  # set by train_transformer
+        self.prediction = "velocity"  # what the DiT predicts: "velocity", "sample" or "warp_residual" (PREDICTIONS)
 
     @classmethod
     def from_config(
@@ -212,7 +218,10 @@ class WanCameraPolicy(nn.Module):
         )
         text_encoder = UMT5EncoderModel(UMT5Config(**TEXT_CONFIGS[name])) if name in BYTE_TOKENIZED else None
         dit = CameraConditionedWan(transformer, layout, num_experts, expert)
-        return cls(dit, vae.eval(), text_encoder, ByteTokenizer() if name in BYTE_TOKENIZED else None)
+        policy = cls(dit, vae.eval(), text_encoder, ByteTokenizer() if name in BYTE_TOKENIZED else None)
+        prediction = PREDICTIONS.get(name, "velocity")
+        policy.prediction = "sample" if prediction == "warp_residual" and layout != "dense" else prediction  # no warp
+        return policy
 
     @property
     def transformer(self) -> WanTransformer3DModel:
@@ -471,7 +480,17 @@ class WanCameraPolicy(nn.Module):
         return dataclasses.replace(cond, text=text)
 
     def velocity(self, latents: Tensor, t: Tensor, cond: WanCondition) -> Tensor:
-        """``v(x_t, t)`` of the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``.
+        """``v(x_t, t)`` of the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``: the DiT's output, or
+        ``(x_t - x0) / max(t, 0.05)`` of the ``x0`` it predicts (:data:`PREDICTIONS`)."""
+        out = self._transformer_output(latents, t, cond)
+        if self.prediction == "velocity":
+            return out
+        x0 = out + cond.camera[:, : out.shape[1], 1:].to(out.dtype) if self.prediction == "warp_residual" else out
+        scale = t.to(out.dtype).clamp_min(SAMPLE_PREDICTION_MIN_T).view(-1, *([1] * (out.ndim - 1)))
+        return (latents.to(out.dtype) - x0) / scale
+
+    def _transformer_output(self, latents: Tensor, t: Tensor, cond: WanCondition) -> Tensor:
+        """The DiT's prediction for the generated latents ``(B, C, k, h, w)`` at flow times ``t (B,)``.
 
         The ``astra`` layout conditions as Astra does (:meth:`CameraConditionedWan.forward_with_history`); the
         ``recammaster`` one puts the image first in the latent sequence with its tokens at timestep 0; the

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 from trl import TrlParser
 
-from lyra_rl.data.conditions import procedural_prompts, read_conditions
+from lyra_rl.data.conditions import condition_prompts
 from policies.loading import load_text_encoder
 from policies.prompts import embed_prompts, save_prompt_embeddings
 from policies.wan_camera import WanCameraPolicy
@@ -31,7 +31,10 @@ class EncodePromptsConfig:
 
     conditions: str = field(
         default="procedural",
-        metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."},
+        metadata={
+            "help": "'procedural', a .jsonl manifest, a folder of images with <stem>.txt prompts, or a MultiCamVideo "
+            "folder."
+        },
     )
     negative_prompt: str = field(
         default="", metadata={"help": "Also encoded (the unconditional branch of classifier-free guidance)."}
@@ -58,11 +61,7 @@ def main(config: EncodePromptsConfig) -> Path:
         raise ValueError(f"the {config.policy} policy has no built-in text encoder: give --wan_model_path")
     if torch.cuda.is_available():
         text_encoder.to("cuda")
-    if config.conditions == "procedural":
-        prompts = procedural_prompts()
-    else:
-        prompts = [entry.prompt for entry in read_conditions(config.conditions)]
-    prompts = sorted({*prompts, config.negative_prompt})
+    prompts = sorted({*condition_prompts(config.conditions), config.negative_prompt})
     embeddings = {}
     for start in tqdm(range(0, len(prompts), config.batch_size), desc="encoding prompts", unit="batch"):
         batch = prompts[start : start + config.batch_size]

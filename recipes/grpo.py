@@ -5,7 +5,7 @@ python recipes/grpo.py --config recipes/configs/grpo_tiny.yaml       # one proce
 """
 
 from lyra_rl.training import GRPOConfig, GRPOTrainer
-from policies.training import parse_configs, run_training
+from policies.training import main
 
 if __name__ == "__main__":
-    run_training(GRPOTrainer, *parse_configs(GRPOConfig))
+    main(GRPOTrainer, GRPOConfig)

@@ -7,7 +7,7 @@ along their commanded cameras (whole DiT, LoRA or camera modules: whatever the p
 """
 
 from lyra_rl.training import SFTConfig, SFTTrainer
-from policies.training import parse_configs, run_training
+from policies.training import main
 
 if __name__ == "__main__":
-    run_training(SFTTrainer, *parse_configs(SFTConfig))
+    main(SFTTrainer, SFTConfig)

@@ -1,7 +1,7 @@
-"""Helpers for the GRPO trainer tests: a simple reward and a pixel-space toy decoder.
+"""Helpers for the online trainer tests (GRPO, DPO, NFT): a simple reward and a pixel-space toy decoder.
 
 The tiny policy's randomly initialised VAE decoder barely depends on its latents, so a reward on its
-videos gives GRPO nothing to learn from. The toy decoder reads three latent channels as colors instead
+videos gives an online trainer nothing to learn from. The toy decoder reads three latent channels as colors instead
 (sigmoid, nearest upsampling), so that the real DiT, LoRA, rollouts and updates are tested end to end.
 """
 
@@ -39,28 +39,41 @@ def with_toy_decoder(policy):
 def make_trainer(output_dir, accelerator=None, **overrides):
     """A tiny-policy GRPO trainer with the toy decoder and the brightness reward; ``overrides`` are fields of
     ``GRPOConfig`` or ``PolicyConfig``."""
+    from lyra_rl.training import GRPOConfig, GRPOTrainer
+
+    settings = dict(learning_rate=1e-2, epsilon=0.2, beta=0.05, train_timestep_fraction=1.0)
+    return make_online_trainer(GRPOTrainer, GRPOConfig, output_dir, accelerator, **{**settings, **overrides})
+
+
+def make_online_trainer(trainer_class, config_class, output_dir, accelerator=None, reward=None, **overrides):
+    """A tiny-policy trainer of ``trainer_class`` (GRPO, DPO, NFT) with the toy decoder and the brightness reward
+    (or ``reward``): 2 conditions per step, groups of 4, 4 sampling steps; ``overrides`` are fields of
+    ``config_class`` or ``PolicyConfig``."""
     from dataclasses import fields
 
     from lyra_rl.reward import RewardSet
-    from lyra_rl.training import GRPOConfig, GRPOTrainer, make_accelerator
+    from lyra_rl.training import make_accelerator
     from policies import PolicyConfig, build_policy
 
     settings = dict(
-        output_dir=str(output_dir),
-        learning_rate=1e-2,
-        epsilon=0.2,
-        beta=0.05,
-        train_timestep_fraction=1.0,
-        num_sampling_steps=4,
-        conditions_per_step=2,
-        num_generations=4,
+        output_dir=str(output_dir), learning_rate=1e-2, num_sampling_steps=4, conditions_per_step=2, num_generations=4
     )
     policy_fields = {f.name for f in fields(PolicyConfig)}
-    config = GRPOConfig(**{k: v for k, v in {**settings, **overrides}.items() if k not in policy_fields})
+    config = config_class(**{k: v for k, v in {**settings, **overrides}.items() if k not in policy_fields})
     policy_config = PolicyConfig(**{k: v for k, v in overrides.items() if k in policy_fields})
     accelerator = accelerator or make_accelerator(config.mixed_precision, cpu=True)
     policy = with_toy_decoder(build_policy(policy_config, config.seed, accelerator))
-    return GRPOTrainer(config, policy, RewardSet([Brightness()]), accelerator)
+    return trainer_class(config, policy, RewardSet([reward or Brightness()]), accelerator)
+
+
+def step_gradients(trainer) -> list[torch.Tensor]:
+    """Takes the trainer's next step; returns the accumulated gradients it handed to its optimizer."""
+    grads, step = [], trainer.backend.step
+    trainer.backend.step = lambda **kwargs: (
+        grads.extend(p.grad.clone() for p in trainer.backend.params) or step(**kwargs)
+    )
+    trainer.train_step()
+    return grads
 
 
 if __name__ == "__main__":  # run under `accelerate launch`: prints the run's numbers as JSON on rank 0

@@ -27,7 +27,10 @@ def load_recipe(name):
     [
         ("grpo", "--prompt_embeddings"),
         ("sft", "--train_micro_batch_size"),
+        ("dpo", "--min_reward_margin"),
+        ("nft", "--nft_beta"),
         ("encode_prompts", "--negative_prompt"),
+        ("preprocess", "--frame_stride"),
         ("score_procedural", "--num_scenes"),
     ],
 )
@@ -181,6 +184,19 @@ def test_grpo_configs_parse(name):
 
     policy_config, _, _ = parse_configs(GRPOConfig, ["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml")])
     assert policy_config.policy in TRANSFORMER_CONFIGS and policy_config.camera_layout in CAMERA_LAYOUTS
+
+
+@pytest.mark.parametrize("name, config_class", [("dpo_tiny", "DPOConfig"), ("nft_tiny", "NFTConfig")])
+def test_dpo_and_nft_configs_parse(name, config_class):
+    """By their recipe's parser, and as ``lyra-rl evaluate --config`` reads any recipe's config."""
+    from lyra_rl import training
+    from policies.training import parse_configs, parse_recipe_config
+
+    path = str(ROOT / "recipes" / "configs" / f"{name}.yaml")
+    policy_config, reward_config, config = parse_configs(getattr(training, config_class), ["--config", path])
+    assert policy_config.lora_r == 8 and reward_config.rewards == ["pose_consistency", "epipolar"]
+    assert config.num_generations == 4 and config.output_dir == f"outputs/{name}"
+    assert parse_recipe_config(path)[2].height == 64
 
 
 def test_grpo_config_from_yaml_with_command_line_overrides():

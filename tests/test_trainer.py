@@ -144,10 +144,13 @@ def test_resume_continues_with_the_same_numbers(tmp_path, capsys):
     assert [event.value for event in logs.Scalars("loss")] == pytest.approx([h["loss"] for h in full])
 
 
-def test_a_checkpoint_of_version_0_1_resumes(tmp_path):
+def test_a_checkpoint_of_version_0_1_resumes(tmp_path, monkeypatch):
     """A checkpoint the trainer of lyra-rl 0.1.0 wrote (``tests/fixtures/checkpoint_v0.1``, see its README)
-    resumes today with the numbers that run's next step gave."""
+    resumes today with the numbers that run's next step gave (on that run's data: 0.1.0 rendered procedural
+    textures at 256 texels whatever the video size)."""
     import shutil
+
+    monkeypatch.setattr("lyra_rl.data.conditions.texture_size_for", lambda height, width: 256)
 
     fixture = Path(__file__).parent / "fixtures" / "checkpoint_v0.1"
     shutil.copytree(fixture / "checkpoint-2", tmp_path / "checkpoint-2")
@@ -519,3 +522,42 @@ def test_micro_batches_accumulate_to_the_full_batch_update(tmp_path):
         assert b["ratio_min"] == a["ratio_min"] == 1.0 and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     for (name, p), q in zip(full.policy.named_parameters(), micro.policy.parameters()):
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-3)  # Adam steps of ~1e-2 (lr) per step
+
+
+DEEPSPEED_SCRIPT = """
+import json, math, sys
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+import torch
+from grpo_helpers import make_trainer
+
+trainer = make_trainer(sys.argv[1], conditions_per_step=1, num_generations=2, num_sampling_steps=2, eval_conditions=0)
+before = trainer.trained_state_dict()
+hook = next(iter(trainer.policy.trained_parameters().values())).register_hook(lambda g: torch.full_like(g, math.nan))
+nan_gradient = trainer.train_step()
+hook.remove()
+step_loss = trainer.step_loss
+trainer.step_loss = lambda *args: (lambda loss, metrics: (loss + math.inf, metrics))(*step_loss(*args))
+inf_loss = trainer.train_step()
+trainer.step_loss = step_loss
+unchanged = all(torch.equal(before[k], v) for k, v in trainer.trained_state_dict().items())
+trained = trainer.train_step()
+moved = any(not torch.equal(before[k], v) for k, v in trainer.trained_state_dict().items())
+print(json.dumps({"skipped": [nan_gradient["skipped_steps"], inf_loss["skipped_steps"], trained["skipped_steps"]],
+                  "unchanged": unchanged, "moved": moved, "lr_steps": trainer.lr_scheduler.last_epoch}))
+"""
+
+
+def test_deepspeed_skips_non_finite_steps_too(tmp_path):
+    """Under ZeRO the engine steps: its own overflow check skips a NaN gradient, and the trainer's NaN gradients
+    make it skip a step whose loss alone is not finite (``tests/test_faults.py`` checks the other backends'
+    skipping in one process; this launch takes minutes)."""
+    script = tmp_path / "deepspeed_skip.py"
+    script.write_text(DEEPSPEED_SCRIPT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    config = Path(__file__).parents[1] / "recipes" / "configs" / "accelerate_deepspeed_zero2.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes"]
+    command += ["1", "--mixed_precision", "no", str(script), str(tmp_path / "run"), str(Path(__file__).parents[1])]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"skipped": [1, 2, 2], "unchanged": True, "moved": True, "lr_steps": 1}

@@ -20,3 +20,9 @@ def test_camera_path_video_draws_the_paths_beside_the_frames(tmp_path):
 def test_camera_path_video_checks_path_lengths():
     with pytest.raises(ValueError, match="commanded"):
         camera_path_video(torch.rand(9, 3, 16, 16), {"commanded": get_trajectory("forward", 5)})
+
+
+def test_camera_path_video_shows_rotations_in_place():
+    """A camera that only turns (preset left) keeps its center: its heading, drawn each frame, still moves."""
+    panel = camera_path_video(torch.rand(5, 3, 16, 16), {"commanded": get_trajectory("left", 5)}, min_height=96)
+    assert (panel[0, :, :, 96:] - panel[-1, :, :, 96:]).abs().amax() > 0.1

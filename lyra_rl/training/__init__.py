@@ -3,13 +3,19 @@
 from .checkpoint import latest_checkpoint
 from .config import RewardConfig, TrainingConfig, learning_rate_factor, weight_dtype
 from .distributed import make_accelerator
+from .dpo import DPOConfig, DPOTrainer
 from .grpo import GRPOConfig, GRPOTrainer
+from .nft import NFTConfig, NFTTrainer
 from .sft import SFTConfig, SFTTrainer
 from .trainer import Trainer
 
 __all__ = [
+    "DPOConfig",
+    "DPOTrainer",
     "GRPOConfig",
     "GRPOTrainer",
+    "NFTConfig",
+    "NFTTrainer",
     "RewardConfig",
     "SFTConfig",
     "SFTTrainer",

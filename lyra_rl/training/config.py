@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..algorithms.grpo import REWARD_SCALINGS
 from ..data.conditions import CAMERA_PATHS
-from ..reward import RewardSet
+from ..reward import REWARD_ERRORS, RewardSet
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
 #: Mixed-precision settings the trainers implement: the frozen weights' dtype (fp16 would need loss scaling).
@@ -25,6 +26,16 @@ def weight_dtype(mixed_precision: str) -> torch.dtype:
     if mixed_precision not in WEIGHT_DTYPES:
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
     return WEIGHT_DTYPES[mixed_precision]
+
+
+def reward_scaling(value: str | bool) -> str:
+    """A ``scale_rewards`` value as trl takes it (YAML booleans and command-line words alike: true is 'group',
+    false 'none') as one of ``REWARD_SCALINGS``; any other is an error."""
+    scale = str(value).lower()
+    scale = {"true": "group", "false": "none"}.get(scale, scale)
+    if scale not in REWARD_SCALINGS:
+        raise ValueError(f"scale_rewards must be one of {REWARD_SCALINGS}, got {value!r}")
+    return scale
 
 
 def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -41,7 +52,7 @@ def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_step
 class RewardConfig:
     """The reward set that scores rollouts and held-out samples.
 
-    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers.
+    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers, reward_errors.
     """
 
     rewards: list[str] = field(
@@ -53,13 +64,27 @@ class RewardConfig:
         default=None, metadata={"help": "Per-reward options {name: {option: value}} (YAML mapping or JSON)."}
     )
     reward_workers: int = field(default=0, metadata={"help": "Reward worker processes per training process."})
+    reward_errors: str = field(
+        default="contain",
+        metadata={
+            "help": "A reward's fault on a video (it raises, returns inf or a wrong shape): 'contain' (the video "
+            "gets the reward's floor, counted in errors/<name>) or 'raise' (to debug a plugin)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):
-            self.reward_kwargs = json.loads(self.reward_kwargs)
+            try:
+                self.reward_kwargs = json.loads(self.reward_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"reward_kwargs is not JSON: {error}") from error
+        if self.reward_errors not in REWARD_ERRORS:
+            raise ValueError(f"reward_errors must be one of {REWARD_ERRORS}, got {self.reward_errors!r}")
 
     def reward_set(self) -> RewardSet:
-        return RewardSet.from_names(self.rewards, self.reward_weights, self.reward_kwargs, self.reward_workers)
+        return RewardSet.from_names(
+            self.rewards, self.reward_weights, self.reward_kwargs, self.reward_workers, self.reward_errors
+        )
 
 
 @dataclass
@@ -70,13 +95,16 @@ class TrainingConfig:
     > Evaluation: eval_conditions, eval_sampling_steps (every save_steps), shift, guidance_scale, negative_prompt.
     > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed,
       mixed_precision, train_micro_batch_size.
-    > Output: output_dir, logging_steps, save_steps, resume.
+    > Output: output_dir, logging_steps, save_steps, resume, overwrite_output_dir.
     """
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Run folder: checkpoints, logs, samples."})
     conditions: str = field(
         default="procedural",
-        metadata={"help": "'procedural', a .jsonl manifest, or a folder of images with <stem>.txt prompts."},
+        metadata={
+            "help": "'procedural', a .jsonl manifest, a folder of images with <stem>.txt prompts, a MultiCamVideo "
+            "folder (scene*/videos/camNN.mp4, with videos for SFT) or its latent cache (recipes/preprocess.py)."
+        },
     )
     camera_paths: str = field(
         default="presets",
@@ -148,7 +176,20 @@ class TrainingConfig:
     )
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last complete checkpoint in output_dir."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue from the last complete checkpoint in output_dir (one that does not load is skipped, "
+            "with a warning, for the one before it)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an output_dir a run already wrote into, deleting its checkpoints, logs/, "
+            "samples/ and curves (without this or resume, such a folder is an error)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.train_micro_batch_size is not None and self.train_micro_batch_size < 1:
@@ -164,5 +205,7 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.camera_paths != "presets" and self.conditions != "procedural":
             raise ValueError(f"camera_paths {self.camera_paths!r} applies to procedural conditions only")
+        if self.resume and self.overwrite_output_dir:
+            raise ValueError("resume and overwrite_output_dir exclude each other: continue the run or replace it")
         if self.camera_paths not in CAMERA_PATHS:
             raise ValueError(f"camera_paths must be one of {CAMERA_PATHS}, got {self.camera_paths!r}")

@@ -94,12 +94,18 @@ class DataParallel:
         """Accumulates the gradients of ``loss`` (already scaled for accumulation) into the trained weights."""
         loss.backward()
 
-    def step(self) -> torch.Tensor:
+    def step(self, skip: bool = False) -> torch.Tensor:
         """Averages the accumulated gradients over the processes, clips them at ``max_grad_norm``, steps the
-        optimizer and clears them; returns their norm before clipping."""
+        optimizer and clears them; returns their norm before clipping.
+
+        A non-finite norm (the same on every process: it is taken after the reduction) or ``skip`` (the same on
+        every process too: the trainer's, for a non-finite loss on any of them) skips the optimizer step: the
+        gradients are cleared and the weights and the optimizer state stay as they were.
+        """
         self.reduce_gradients(self.params)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
+        if not skip and torch.isfinite(grad_norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 

@@ -108,10 +108,11 @@ class FullySharded(DataParallel):
         policy.shard(reshard_after_forward)
         super().__init__(accelerator, policy, settings)
 
-    def step(self) -> torch.Tensor:
+    def step(self, skip: bool = False) -> torch.Tensor:
         self.reduce_gradients([p for p in self.params if not isinstance(p, DTensor)])  # FSDP reduced the shards'
-        grad_norm = clip_grad_norm_(self.params, self.max_grad_norm)
-        self.optimizer.step()
+        grad_norm = clip_grad_norm_(self.params, self.max_grad_norm)  # over every shard: the same on each process
+        if not skip and torch.isfinite(grad_norm):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..algorithms.grpo import REWARD_SCALINGS, group_advantages, grpo_loss, sde_step_mask, select_timesteps
+from ..algorithms.grpo import grpo_loss, sde_step_mask, select_timesteps
 from ..rollout import Rollout, denoising_step, micro_batches, rollout
 from ..sampling import gaussian_kl, shifted_sigmas
-from .config import TrainingConfig
+from .config import TrainingConfig, reward_scaling
+from .groups import local_advantages, score_groups
 from .metrics import MicroBatchMetrics, reduce_metrics, reward_metrics, timed_phase
 from .trainer import Trainer, seeded
 
@@ -63,10 +64,7 @@ class GRPOConfig(TrainingConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        scale = str(self.scale_rewards).lower()  # YAML booleans and command-line words alike, as trl takes them
-        self.scale_rewards = {"true": "group", "false": "none"}.get(scale, scale)
-        if self.scale_rewards not in REWARD_SCALINGS:
-            raise ValueError(f"scale_rewards must be one of {REWARD_SCALINGS}, got {self.scale_rewards!r}")
+        self.scale_rewards = reward_scaling(self.scale_rewards)
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: group-relative advantages need at least two rollouts")
         if self.train_timestep_window is not None and not 1 <= self.train_timestep_window <= self.num_sampling_steps:
@@ -119,17 +117,11 @@ class GRPOTrainer(Trainer):
                 config.train_micro_batch_size,
             )
             self.backend.release(policy)
-        with timed_phase("decode", timings):
-            videos = policy.decode(result.states[-1], cond)
-        with timed_phase("reward", timings):
-            group = batch.repeat(config.num_generations)
-            scores = self.reward_set(videos.float().cpu(), group.cameras, group.prompts, images=group.images)
-
-        all_rewards = accelerator.gather(scores.total.to(device)).cpu()
-        all_groups = accelerator.gather(group.ids.to(device)).cpu()
-        self.last_advantages = group_advantages(all_rewards, all_groups, scale=config.scale_rewards)
-        offset = accelerator.process_index * len(group.ids)
-        advantages = self.last_advantages[offset : offset + len(group.ids)].to(device)
+        group = batch.repeat(config.num_generations)
+        scores, all_rewards, all_groups = score_groups(self, result.states[-1], group, cond, timings)
+        self.last_advantages, advantages = local_advantages(
+            accelerator, all_rewards, all_groups, config.scale_rewards, len(group.ids)
+        )
 
         with timed_phase("update", timings):
             metrics, grad_norm = self.update(result, train_steps, cond, uncond, advantages)

@@ -1,7 +1,7 @@
 """What a training run logs: step metrics reduced over processes, TensorBoard scalars and the reward curve.
 
-The logged names are listed in ``docs/training.md``: ``reward/<name>``, ``failed/<name>`` and
-``diagnostics/<name>/<key>`` for the rollouts' rewards, ``eval/reward/<name>`` for the held-out samples,
+The logged names are listed in ``docs/training.md``: ``reward/<name>``, ``failed/<name>``, ``errors/<name>``
+and ``diagnostics/<name>/<key>`` for the rollouts' rewards, ``eval/reward/<name>`` for the held-out samples,
 each algorithm's loss terms, ``grad_norm``, ``learning_rate`` and ``time/<phase>``.
 """
 
@@ -52,7 +52,8 @@ def reduce_metrics(accelerator: Accelerator, metrics: MicroBatchMetrics) -> dict
 def reward_metrics(accelerator: Accelerator, scores: RewardSetOutput, total: Tensor | None = None) -> dict[str, float]:
     """Means over every process's videos: ``reward/total`` (``total``: the totals already gathered) and
     ``reward/<name>`` (rewards that could not score a video are left out), ``failed/<name>`` (the share they
-    could not score) and ``diagnostics/<name>``. A process whose videos gave no value of a diagnostic (every
+    could not score), ``errors/<name>`` (the share on which they faulted, see :class:`~lyra_rl.reward.RewardSet`)
+    and ``diagnostics/<name>``. A process whose videos gave no value of a diagnostic (every
     one failed) gathers NaNs for it, so that every process makes the same collectives."""
     device = accelerator.device
     total = accelerator.gather(scores.total.to(device)) if total is None else total
@@ -61,6 +62,8 @@ def reward_metrics(accelerator: Accelerator, scores: RewardSetOutput, total: Ten
         logged[f"reward/{name}"] = float(accelerator.gather(values.to(device)).nanmean())
     for name, values in scores.failed.items():
         logged[f"failed/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
+    for name, values in scores.errors.items():
+        logged[f"errors/{name}"] = float(accelerator.gather(values.float().to(device)).mean())
     names = scores.diagnostics.keys()
     if accelerator.num_processes > 1:
         names = {name for keys in gather_object([sorted(names)]) for name in keys}

@@ -1,8 +1,8 @@
 """Action-conditioned SFT: flow matching of a camera-conditioned policy on (video, camera trajectory, prompt).
 
-One step: conditions with their true videos -> the latents the policy generates for them (its targets) ->
-noise and training times from the seed, the step and global indices (the sampler's shifted schedule) ->
-``x_t`` and the velocity target ``eps - x0`` -> the policy's velocity, the flow-matching loss, in
+One step: conditions with their true videos -> the latents the policy generates for them (its targets, or a
+latent cache's) -> noise and training times from the seed, the step and global indices (the sampler's shifted
+schedule) -> ``x_t`` and the velocity target ``eps - x0`` -> the policy's velocity, the flow-matching loss, in
 micro-batches -> an optimizer step of the backend. The math lives in ``lyra_rl.algorithms.sft``; the
 machinery (checkpoints, ``--resume``, evaluation, logging) in :class:`Trainer`. The trained weights are
 whatever the policy trains: the whole DiT (``train_transformer``), LoRA adapters and/or camera modules.
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..algorithms.sft import flow_matching_loss, noised_sample, shifted_timesteps
+from ..data.conditions import ConditionBatch
 from ..rollout import micro_batches
 from .config import TrainingConfig
 from .metrics import Curve, MicroBatchMetrics, reduce_metrics, timed_phase
@@ -45,7 +46,7 @@ class SFTTrainer(Trainer):
         with timed_phase("conditions", timings):
             batch = self.conditions(self.step_indices())
             cond, _ = self.policy_conditions(batch)
-            x0 = policy.generated_latents(batch.videos.to(device)).float()
+            x0 = self.targets(batch)
             noise, t = self.noise_and_timesteps(batch.ids, 5, self.step)
             x_t, target = noised_sample(x0, noise.to(device), t.to(device))
         metrics: MicroBatchMetrics = {}
@@ -57,6 +58,19 @@ class SFTTrainer(Trainer):
                 self.accumulate(metrics, loss, (part.stop - part.start) / len(x0))
             grad_norm = self.optimizer_step()
         return {**reduce_metrics(self.accelerator, metrics), **timings, "grad_norm": float(grad_norm)}
+
+    def targets(self, batch: ConditionBatch) -> torch.Tensor:
+        """The latents ``x0 (B, C, k, h, w)`` the policy generates for the batch's true videos: cached
+        (``batch.latents``, ``recipes/preprocess.py``) or encoded here."""
+        device = self.accelerator.device
+        if batch.latents is None:
+            return self.policy.generated_latents(batch.videos.to(device)).float()
+        if tuple(batch.latents.shape[1:]) != tuple(self.latent_shape):
+            raise ValueError(
+                f"cached latents have shape {tuple(batch.latents.shape[1:])}, the policy generates "
+                f"{tuple(self.latent_shape)}: preprocess the clips with this run's policy"
+            )
+        return batch.latents.to(device).float()
 
     def noise_and_timesteps(self, ids: torch.Tensor, *key: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise ``(B, C, T', H', W')`` and training times ``(B,)`` from the seed, ``key`` (a purpose and, in
@@ -78,7 +92,7 @@ class SFTTrainer(Trainer):
         if sampled:
             batch = self.conditions(sampled, held_out=True)
             cond, _ = self.policy_conditions(batch)
-            x0 = self.policy.generated_latents(batch.videos.to(accelerator.device)).float()
+            x0 = self.targets(batch)
             noise, t = self.noise_and_timesteps(batch.ids, 6)
             x_t, target = noised_sample(x0, noise.to(x0.device), t.to(x0.device))
             with self.autocast():

@@ -2,12 +2,18 @@
 learning-rate schedule, the conditions with their held-out split, the loop with its progress bar, logging
 (TensorBoard and the reward curve), atomic checkpoints with ``--resume``, and held-out evaluation.
 
+Faults: a step whose loss or gradient norm is not finite is skipped (no optimizer step, the schedule stays
+where it was, counted as ``skipped_steps``), so no NaN reaches the weights; each checkpoint is read back and
+checked before it becomes the latest; ``--resume`` passes over a checkpoint that does not load, with a
+warning, to the one before it; a fresh run refuses an ``output_dir`` a run already wrote into.
+
 An algorithm subclasses :class:`Trainer` with its config and its step (:meth:`Trainer.training_step`) alone
 (see ``lyra_rl.training.grpo``); its loss is a pure function in ``lyra_rl.algorithms``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,28 +25,54 @@ from tqdm import tqdm
 
 from ..camera import Cameras
 from ..data.conditions import ConditionBatch, ConditionSource
+from ..errors import InputError
 from ..policy import VideoPolicy
 from ..reward import RewardSet
-from ..rollout import rollout
-from ..sampling import shifted_sigmas
+from ..rollout import ode_sample
 from ..video import camera_path_video, write_video
 from .checkpoint import (
     TRAINER_STATE,
+    CheckpointError,
+    check_output_dir,
+    complete_checkpoints,
     latest_checkpoint,
+    load_trained_weights,
     read_trainer_state,
+    remove_previous_outputs,
     rng_state,
     set_rng_state,
+    verify_checkpoint,
     write_checkpoint,
 )
 from .config import TrainingConfig, learning_rate_factor, weight_dtype
 from .distributed import StepSettings, distributed_backend, make_accelerator
 from .metrics import Curve, MicroBatchMetrics, TensorBoard, plot_curves
 
+logger = logging.getLogger(__name__)
+
 
 def seeded(*key: int) -> torch.Generator:
     """A CPU generator seeded by ``key`` alone (a run's seed, a purpose, global indices): the same draws
     whatever the number of processes."""
     return torch.Generator().manual_seed(hash(key) % (2**63))
+
+
+def evaluation_noise(seed: int, latent_shape: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
+    """The initial noise ``(B, *latent_shape)`` of held-out samples ``indices`` under ``seed``: the same at every
+    evaluation of a run and in ``lyra-rl evaluate`` (whose sampling seeds take the run's seed's place)."""
+    return torch.stack([torch.randn(tuple(latent_shape), generator=seeded(seed, 4, i)) for i in indices])
+
+
+def policy_conditions(
+    policy: VideoPolicy, batch: ConditionBatch, guidance_scale: float, negative_prompt: str, repeats: int = 1
+):
+    """The policy's conditions of ``batch`` (each repeated ``repeats`` times) and, with guidance
+    (``guidance_scale != 1``), the negative prompt's (else ``None``)."""
+    cond = policy.condition(batch.images, batch.prompts, batch.cameras)
+    if guidance_scale == 1.0:
+        return cond.repeat(repeats), None
+    uncond = policy.with_prompts(cond, [negative_prompt] * len(batch.prompts))
+    return cond.repeat(repeats), uncond.repeat(repeats)
 
 
 class Trainer:
@@ -86,16 +118,7 @@ class Trainer:
         self.accelerator = accelerator
         weight_dtype(self.accelerator.mixed_precision)  # the launch's precision, where accelerate's config set it
         self.latent_shape = policy.latent_shape(config.num_frames, config.height, config.width)  # the policy's rules
-        self.conditions = ConditionSource(
-            config.conditions,
-            config.seed,
-            config.eval_conditions,
-            config.num_frames,
-            config.height,
-            config.width,
-            self.trains_on_videos,
-            config.camera_paths,
-        )
+        self.conditions = self.condition_source(config)
         self.backend = distributed_backend(
             self.accelerator,
             policy,
@@ -109,6 +132,14 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.output_dir = Path(config.output_dir)
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm
+        self._non_finite_loss = False  # since the last optimizer step, on this process
+
+    @classmethod
+    def condition_source(cls, config: TrainingConfig) -> ConditionSource:
+        """The run's conditions, checked whole (every manifest entry, every clip) as they are built: a recipe
+        builds them once before the policy, so that bad conditions are an error before anything is built."""
+        return ConditionSource.from_config(config, cls.trains_on_videos)
 
     def samples_per_process(self) -> int:
         """Samples each process trains on per optimizer step."""
@@ -123,11 +154,12 @@ class Trainer:
         raise NotImplementedError
 
     def train_step(self) -> dict[str, float]:
-        """One :meth:`training_step`, logged with the step number and its learning rate into ``history``."""
+        """One :meth:`training_step`, logged with the step number, its learning rate and the number of optimizer
+        steps skipped so far (``skipped_steps``) into ``history``."""
         learning_rate = self.lr_scheduler.get_last_lr()[0]  # what this step's (first) optimizer step uses
         logged = self.training_step()
         self.step += 1
-        logged.update(learning_rate=learning_rate, step=self.step)
+        logged.update(learning_rate=learning_rate, step=self.step, skipped_steps=float(self.skipped_steps))
         self.history.append(logged)
         return logged
 
@@ -151,35 +183,64 @@ class Trainer:
     def policy_conditions(self, batch: ConditionBatch, repeats: int = 1):
         """The policy's conditions of ``batch`` (each repeated ``repeats`` times) and, with guidance, the
         negative prompt's (else ``None``)."""
-        cond = self.policy.condition(batch.images, batch.prompts, batch.cameras)
-        if self.config.guidance_scale == 1.0:
-            return cond.repeat(repeats), None
-        uncond = self.policy.with_prompts(cond, [self.config.negative_prompt] * len(batch.prompts))
-        return cond.repeat(repeats), uncond.repeat(repeats)
+        return policy_conditions(self.policy, batch, self.config.guidance_scale, self.config.negative_prompt, repeats)
 
     def accumulate(
         self, metrics: MicroBatchMetrics, loss: torch.Tensor, share: float, divisor: int = 1, **terms: torch.Tensor
     ) -> None:
         """Backpropagates ``loss * share / divisor`` (``share``: the micro-batch's share of the local batch, whose
         mean the loss is; ``divisor``: e.g. the number of steps accumulated) and records ``loss`` and ``terms``
-        with their share in ``metrics`` (see :func:`~lyra_rl.training.metrics.reduce_metrics`)."""
+        with their share in ``metrics`` (see :func:`~lyra_rl.training.metrics.reduce_metrics`). A non-finite
+        ``loss`` makes the next :meth:`optimizer_step` a skipped one."""
         self.backend.backward(loss * share / divisor)
         for name, value in {"loss": loss, **terms}.items():
             metrics.setdefault(name, []).append((float(value.detach()), share))
+        self._non_finite_loss = self._non_finite_loss or not math.isfinite(metrics["loss"][-1][0])
 
     def optimizer_step(self) -> torch.Tensor:
-        """Reduces, clips and applies the accumulated gradients, advances the schedule; returns the gradient norm."""
-        grad_norm = self.backend.step()
-        self.lr_scheduler.step()
+        """Reduces, clips and applies the accumulated gradients, advances the schedule; returns the gradient norm.
+
+        A non-finite loss on any process (since the last optimizer step) or a non-finite gradient norm skips
+        the step, as accelerate does for a step its loss scaler skips: the gradients are cleared, the weights,
+        the optimizer state and the learning-rate schedule stay as they were (the schedule counts optimizer
+        steps taken), ``skipped_steps`` counts it and a warning names the step.
+        """
+        non_finite_loss = self._non_finite_loss
+        if self.accelerator.num_processes > 1:  # every process must skip alike
+            flag = torch.tensor([float(non_finite_loss)], device=self.accelerator.device)
+            non_finite_loss = bool(self.accelerator.reduce(flag, "sum").item() > 0)
+        self._non_finite_loss = False
+        grad_norm = self.backend.step(skip=non_finite_loss)
+        if non_finite_loss or not math.isfinite(float(grad_norm)):
+            self.skipped_steps += 1
+            if self.accelerator.is_main_process:
+                cause = "loss" if non_finite_loss else f"gradient norm ({float(grad_norm)})"
+                logger.warning(
+                    "step %d: non-finite %s: optimizer step skipped (weights, optimizer state and learning-rate "
+                    "schedule unchanged; %d skipped so far)",
+                    self.step + 1,
+                    cause,
+                    self.skipped_steps,
+                )
+        else:
+            self.lr_scheduler.step()
         return grad_norm
 
     def train(self) -> list[dict[str, float]]:
         """Trains to ``max_steps`` (from the last complete checkpoint with ``resume``), evaluating and
-        checkpointing every ``save_steps`` and at the end; returns the logged history."""
+        checkpointing every ``save_steps`` and at the end; returns the logged history.
+
+        A fresh run refuses an ``output_dir`` a run already wrote into, unless ``overwrite_output_dir`` (which
+        deletes that run's outputs first); see :func:`~lyra_rl.training.checkpoint.check_output_dir`."""
         config = self.config
-        if config.resume and (checkpoint := latest_checkpoint(self.output_dir)) is not None:
-            self.load_checkpoint(checkpoint)
         main = self.accelerator.is_main_process
+        if self.step == 0 and not config.resume:
+            check_output_dir(self.output_dir, config.resume, config.overwrite_output_dir)
+            if config.overwrite_output_dir and main:
+                remove_previous_outputs(self.output_dir)
+            self.accelerator.wait_for_everyone()
+        if config.resume:
+            self.resume()
         tensorboard = TensorBoard(self.output_dir / "logs", enabled=main)
         progress = tqdm(total=config.max_steps, initial=self.step, desc=self.name, disable=not main)
         while self.step < config.max_steps:
@@ -201,8 +262,29 @@ class Trainer:
             self.report()
         return self.history
 
+    def resume(self) -> Path | None:
+        """Loads the last checkpoint of ``output_dir`` that loads (:meth:`load_checkpoint`), passing over, with a
+        warning naming the file, any after it that does not; returns it (``None``: no checkpoint, a fresh start).
+        Raises :class:`~lyra_rl.errors.InputError` when there are checkpoints and none loads."""
+        checkpoints, problems = complete_checkpoints(self.output_dir), []
+        for k, checkpoint in enumerate(checkpoints):
+            try:
+                self.load_checkpoint(checkpoint)
+                return checkpoint
+            except CheckpointError as error:
+                problems.append(str(error))
+                if self.accelerator.is_main_process and k + 1 < len(checkpoints):
+                    logger.warning("%s: resuming from %s, the previous complete checkpoint", error, checkpoints[k + 1])
+        if problems:
+            raise InputError(
+                f"--resume: no checkpoint of {self.output_dir} loads ({problems[0]}); remove the broken ones or "
+                "start afresh with --overwrite_output_dir true"
+            )
+        return None
+
     def report(self) -> None:
-        """Prints where the run's outputs are, and which rewards could not score a single rollout."""
+        """Prints where the run's outputs are, which rewards could not score a single rollout or gave NaN (not
+        applicable) for every one, and how many optimizer steps were skipped."""
         checkpoint = latest_checkpoint(self.output_dir)
         outputs = (
             [f"{checkpoint.name}/ ({', '.join(sorted(p.name for p in checkpoint.iterdir()))})"] if checkpoint else []
@@ -216,6 +298,14 @@ class Trainer:
                     f"Note: {name} could not score any rollout (its floor every step, so no advantage to learn from): "
                     "the videos have no geometry it can estimate, as with the randomly initialised tiny policy"
                 )
+        for name in [k.removeprefix("reward/") for k in self.history[-1] if k.startswith("reward/")]:
+            if name != "total" and all(math.isnan(h.get(f"reward/{name}", math.nan)) for h in self.history):
+                print(f"Note: {name} returned NaN (not applicable) for every rollout: it never entered reward/total")
+        if self.skipped_steps:
+            print(
+                f"Note: {self.skipped_steps} optimizer steps were skipped for a non-finite loss or gradient norm "
+                "(skipped_steps; the warnings name the steps)"
+            )
 
     @torch.no_grad()
     def evaluate(self, sample_dir: Path | None = None) -> dict[str, float]:
@@ -233,16 +323,14 @@ class Trainer:
         if sampled:
             batch = self.conditions(sampled, held_out=True)
             cond, uncond = self.policy_conditions(batch)
-            noise = torch.stack([torch.randn(self.latent_shape, generator=seeded(config.seed, 4, i)) for i in sampled])
-            ode = torch.zeros(config.eval_sampling_steps, dtype=torch.bool)
-            sigmas = shifted_sigmas(config.eval_sampling_steps, config.shift).to(accelerator.device)
+            noise = evaluation_noise(config.seed, self.latent_shape, sampled).to(accelerator.device)
             with self.autocast():
-                result = rollout(
-                    policy, cond, noise.to(accelerator.device), sigmas, ode, 0.0, None, uncond, config.guidance_scale
+                latents = ode_sample(
+                    policy, cond, noise, config.eval_sampling_steps, config.shift, uncond, config.guidance_scale
                 )
             self.backend.release(policy)
             if indices:
-                videos = policy.decode(result.states[-1], cond).float().cpu()
+                videos = policy.decode(latents, cond).float().cpu()
                 if self.reward_set is not None:
                     scores = self.reward_set(videos, batch.cameras, batch.prompts, images=batch.images)
                     for name, values in {"total": scores.total, **scores.rewards}.items():
@@ -282,16 +370,7 @@ class Trainer:
     def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Loads what :meth:`trained_state_dict` returned (sharded weights take their shard); a missing or
         unexpected key is an error naming it."""
-        params = self.policy.trained_parameters()
-        missing, unexpected = sorted(params.keys() - state.keys()), sorted(state.keys() - params.keys())
-        if missing or unexpected:
-            raise KeyError(
-                f"checkpoint does not fit the trained weights: {len(missing)} missing (e.g. {missing[:2]}), "
-                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-            )
-        with torch.no_grad():
-            for key, value in state.items():
-                self.backend.load_tensor(params[key], value)
+        load_trained_weights(self.policy.trained_parameters(), state, self.backend.load_tensor)
         self.backend.after_weights_loaded()
 
     def save_checkpoint(self) -> Path:
@@ -320,10 +399,20 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        """Continues from what :meth:`save_checkpoint` wrote: weights, optimizer and schedule, step, history, RNGs."""
-        trainer_state = read_trainer_state(path)  # first: a file that does not load leaves the weights as they were
-        self.load_trained_state_dict(self.policy.read_trained_weights(path))
+        """Continues from what :meth:`save_checkpoint` wrote: weights, optimizer and schedule, step, history, RNGs.
+
+        Every file is read and checked first (:func:`~lyra_rl.training.checkpoint.verify_checkpoint`): one that
+        does not load, or a non-finite tensor, raises :class:`~lyra_rl.training.checkpoint.CheckpointError`
+        naming the file, with the trainer left as it was."""
+        verify_checkpoint(path)
+        trainer_state = read_trainer_state(path)
+        try:
+            weights = self.policy.read_trained_weights(path)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: {error}") from error
+        self.load_trained_state_dict(weights)
         self.backend.load_optimizer_state_dict(trainer_state["optimizer"])
         self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         self.step, self.history = trainer_state["step"], trainer_state["history"]
+        self.skipped_steps = int(self.history[-1].get("skipped_steps", 0)) if self.history else 0
         set_rng_state(trainer_state["rng"])

@@ -17,6 +17,7 @@ Checkpoints keep the trainer's format: the AdamW state is gathered whole and per
 from __future__ import annotations
 
 import copy
+import math
 from importlib.metadata import version
 
 import torch
@@ -144,7 +145,13 @@ class ZeRO(DataParallel):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loss is already scaled for accumulation
 
-    def step(self) -> torch.Tensor:
+    def step(self, skip: bool = False) -> torch.Tensor:
+        """The engine's step: DeepSpeed itself skips a step whose gradient norm is not finite (the overflow check
+        of its float32 mode), clears the gradients and reports the norm as ``inf``. ``skip`` makes the gradients
+        NaN first (a backward pass of NaN times the trained weights), so that the same check skips the step."""
+        if skip:
+            poison = torch.stack([param.sum() for param in self.params]).sum() * math.nan
+            self.engine.backward(poison, scale_wrt_gas=False)
         self.engine.step()
         return torch.as_tensor(self.engine.get_global_grad_norm())
 

@@ -47,7 +47,7 @@ def test_image_folder_and_errors(tmp_path):
     entries = read_conditions(tmp_path)
     assert [(e.prompt, e.direction) for e in entries] == [("a hallway", "forward"), ("a garden", "s_curve")]
     write_image(tmp_path / "z.png", 30)
-    with pytest.raises(FileNotFoundError, match="z.png has no prompt"):
+    with pytest.raises(ValueError, match="z.png: no prompt file z.txt beside it"):
         read_conditions(tmp_path)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "x.png"}))
     with pytest.raises(ValueError, match="missing"):

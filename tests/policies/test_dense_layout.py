@@ -240,6 +240,24 @@ class TestEmbeddedPolicy:
         latents, t = torch.randn(2, 48, 8, 8, 12), torch.tensor([0.8, 0.3])
         assert (embedded.velocity(latents, t, cond) - embedded.velocity(latents, t, other)).abs().max() > 1e-3
 
+    def test_the_dit_predicts_the_correction_to_the_warp(self, embedded):
+        """The embedded DiT predicts x0 minus the warped frame 0 (the dense maps' first channels); the velocity is
+        (x_t - x0) / max(t, 0.05), so the Euler step to t = 0 lands on x0; the other configs predict velocities."""
+        _, _, cond = embedded_inputs(embedded)
+        latents, t = torch.randn(2, 48, 8, 8, 12), torch.tensor([0.25, 0.01])
+        x0 = embedded._transformer_output(latents, t, cond) + cond.camera[:, :48, 1:]
+        velocity = embedded.velocity(latents, t, cond)
+        torch.testing.assert_close(latents[0] - 0.25 * velocity[0], x0[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(velocity[1], (latents[1] - x0[1]) / 0.05)
+        with torch.no_grad():  # a DiT that outputs zeros samples the warp itself
+            embedded.transformer.proj_out.weight.zero_()
+            embedded.transformer.proj_out.bias.zero_()
+        sample = latents[:1] - 0.25 * embedded.velocity(latents[:1], t[:1], cond[:1])
+        torch.testing.assert_close(sample, cond.camera[:1, :48, 1:], rtol=1e-5, atol=1e-5)
+        assert embedded.prediction == "warp_residual"
+        predictions = [WanCameraPolicy.from_config(*args).prediction for args in (("tiny",), ("embedded", 0, "astra"))]
+        assert predictions == ["velocity", "sample"]
+
     def test_sft_gradient_reaches_every_dit_weight(self, embedded):
         embedded.train_transformer()
         embedded.dit.enable_gradient_checkpointing()
