@@ -37,6 +37,7 @@ from lyra_rl.sampling import shifted_sigmas
 from lyra_rl.training.trainer import evaluation_noise, seeded
 from policies import PolicyConfig, build_policy
 from policies.dense_camera import warp_first_frame
+from policies.loading import SHIPPED_DITS
 
 REWARDS = ("pose_consistency", "epipolar")
 SIZE = (9, 64, 96)  # frames, height, width: the embedded model's training size
@@ -101,6 +102,9 @@ def main() -> None:
         args.clips, args.groups = 16, 4
     checkpoint = Path(args.checkpoint)
     dit_path = checkpoint / "diffusion_pytorch_model.safetensors" if checkpoint.is_dir() else args.checkpoint
+    dit_path = SHIPPED_DITS.get(str(dit_path), dit_path)
+    if not Path(dit_path).is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no DiT weights at {dit_path}")
     start = time.perf_counter()
     torch.set_grad_enabled(False)
     policy = build_policy(PolicyConfig(policy="embedded", dit_path=str(dit_path), lora_r=0, train_transformer=True))

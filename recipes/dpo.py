@@ -6,7 +6,7 @@ into (winner, loser) pairs, the adapter-disabled policy as the reference.
 """
 
 from lyra_rl.training import DPOConfig, DPOTrainer
-from policies.training import parse_configs, run_training
+from policies.training import main
 
 if __name__ == "__main__":
-    run_training(DPOTrainer, *parse_configs(DPOConfig))
+    main(DPOTrainer, DPOConfig)

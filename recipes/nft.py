@@ -6,7 +6,7 @@ reward suite, trained on the forward (noising) process with the implicit positiv
 """
 
 from lyra_rl.training import NFTConfig, NFTTrainer
-from policies.training import parse_configs, run_training
+from policies.training import main
 
 if __name__ == "__main__":
-    run_training(NFTTrainer, *parse_configs(NFTConfig))
+    main(NFTTrainer, NFTConfig)

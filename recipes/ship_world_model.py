@@ -23,6 +23,7 @@ from trl import TrlParser
 
 from lyra_rl.training.checkpoint import read_trainer_state
 from policies.loading import SHIPPED_DITS
+from policies.training import exit_with_error
 from policies.wan_camera import CODEC_CONFIGS, DIT_WEIGHTS, TRANSFORMER_CONFIGS
 
 LOG_COLUMNS = ("step", "loss", "grad_norm", "learning_rate", "time/conditions", "time/update")
@@ -118,7 +119,7 @@ def main() -> None:
     checkpoint, bar = Path(config.checkpoint), Path(config.bar)
     for path in (checkpoint / DIT_WEIGHTS, bar, Path(config.recipe_config)):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
+            exit_with_error(FileNotFoundError(f"{path}: no such file"))
     state = read_trainer_state(checkpoint)
     weights = SHIPPED_DITS["embedded"]
     weights.parent.mkdir(parents=True, exist_ok=True)
