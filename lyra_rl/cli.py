@@ -5,7 +5,7 @@ lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # c
 lyra-rl evaluate --config RECIPE.yaml [--checkpoint DIR] --out DIR [--num-conditions N] [--seeds 0 1 2]  # a model
 lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
 lyra-rl rewards                       # list the registered reward plugins
-lyra-rl plot-presets OUT.png          # the seven presets drawn from above
+lyra-rl plot-presets OUT.png          # the presets drawn from above
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .camera import DIRECTIONS, Cameras, default_intrinsics, get_trajectory
+from .camera import PRESETS, Cameras, default_intrinsics, get_trajectory
 from .data.conditions import CAMERA_PATHS, ConditionSource
 from .evaluate import compare, comparison_table, evaluate_videos, markdown_table, summarize, write_evaluation
 from .reward import RewardSet, available_rewards, resolve_reward_class
@@ -83,6 +83,7 @@ MODEL_OPTIONS = (
     ("--sampling-steps", "sampling_steps"),
     ("--camera-paths", "camera_paths"),
     ("--batch-size", "batch_size"),
+    ("--before-after", "before_after"),
 )
 
 
@@ -119,7 +120,7 @@ def evaluate_folder(args: argparse.Namespace) -> int:
         direction = file.read_text().strip() if file.is_file() else args.direction
         if direction is None:
             raise ValueError(f"{path}: no {file.name} beside it and no --direction given")
-        if direction not in DIRECTIONS:
+        if direction not in PRESETS:
             direction = str(args.folder / direction) if file.is_file() else direction
             if not Path(direction).is_file():
                 raise FileNotFoundError(f"{path}: its commanded path {direction} is neither a preset nor a file")
@@ -150,7 +151,7 @@ def evaluate_model_command(args: argparse.Namespace) -> int:
     from policies import WanCameraPolicy, build_policy  # the policy package: only this mode builds a policy
     from policies.training import parse_recipe_config
 
-    from .evaluate_model import evaluate_model
+    from .evaluate_model import evaluate_before_after, evaluate_model
     from .training import latest_checkpoint, make_accelerator
     from .training.checkpoint import load_trained_weights
 
@@ -175,6 +176,11 @@ def evaluate_model_command(args: argparse.Namespace) -> int:
     batch_size = 4 if args.batch_size is None else args.batch_size
     if sampling_steps < 1 or batch_size < 1:
         raise ValueError(f"--sampling-steps and --batch-size must be >= 1, got {sampling_steps} and {batch_size}")
+    if args.before_after and (args.checkpoint is None or not policy_config.lora_r):
+        raise ValueError(
+            "--before-after compares LoRA adapters with the model they adapt: it needs --checkpoint and a config "
+            f"with lora_r > 0 ({args.config} has lora_r: {policy_config.lora_r})"
+        )
     state = checkpoint = None
     if args.checkpoint is not None:
         if not args.checkpoint.is_dir():
@@ -193,22 +199,28 @@ def evaluate_model_command(args: argparse.Namespace) -> int:
         reward_set = RewardSet.from_names(rewards)
     else:
         reward_set = reward_config.reward_set()  # the config's weights and options
-    with reward_set:
-        rows = evaluate_model(
-            policy,
-            source,
-            reward_set,
-            num_conditions,
-            seeds,
-            sampling_steps,
-            config.shift,
-            config.guidance_scale,
-            config.negative_prompt,
-            args.out,
-            batch_size,
-            bf16=accelerator.mixed_precision == "bf16",
-        )
+    settings = dict(
+        num_conditions=num_conditions,
+        seeds=seeds,
+        num_sampling_steps=sampling_steps,
+        shift=config.shift,
+        guidance_scale=config.guidance_scale,
+        negative_prompt=config.negative_prompt,
+        batch_size=batch_size,
+        bf16=accelerator.mixed_precision == "bf16",
+    )
     panels = "generated | true render | camera paths" if procedural else "generated | camera paths"
+    with reward_set:
+        if args.before_after:
+            comparison = evaluate_before_after(policy, source, reward_set, args.out, **settings)
+            panels = panels.replace("generated", "before | after")
+            print(
+                f"Wrote {args.out}/: comparison.md, before/ and after/ (evaluation.json, evaluation.md), "
+                f"videos/*.mp4 ({panels}), trajectories/*.png"
+            )
+            print(comparison_table(comparison))
+            return 0
+        rows = evaluate_model(policy, source, reward_set, args.out, **settings)
     print(f"Wrote {args.out / 'evaluation.json'}, evaluation.md, videos/*.mp4 ({panels}), trajectories/*.png")
     print(markdown_table(summarize(rows)))
     return 0
@@ -233,7 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("score", help="score a video against a commanded camera trajectory")
     p.add_argument("video", type=Path, help="an mp4 (or any format ffmpeg reads)")
-    p.add_argument("--direction", required=True, help=f"a preset ({', '.join(DIRECTIONS)}) or a trajectory file")
+    p.add_argument("--direction", required=True, help=f"a preset ({', '.join(PRESETS)}) or a trajectory file")
     add_camera_arguments(p)
     p.add_argument("--rewards", nargs="+", default=list(DEFAULT_REWARDS), help="reward names or module:Class paths")
     p.add_argument(
@@ -284,6 +296,13 @@ def make_parser() -> argparse.ArgumentParser:
         "--camera-paths", choices=CAMERA_PATHS, help="--config: procedural held-out paths (default: the config's)"
     )
     p.add_argument("--batch-size", type=int, help="--config: conditions sampled together (default 4)")
+    p.add_argument(
+        "--before-after",
+        action="store_const",
+        const=True,
+        help="--config with a LoRA --checkpoint: also the model with its adapters disabled (before training), from "
+        "the same noise, compared (comparison.md; videos before | after)",
+    )
     p.set_defaults(run=evaluate)
     p = commands.add_parser("compare", help="two evaluations (before / after) side by side, with deltas")
     p.add_argument("before", type=Path, help="evaluation.json")
@@ -291,16 +310,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=compare_evaluations)
     p = commands.add_parser("rewards", help="list the registered reward plugins")
     p.set_defaults(run=lambda args: print("\n".join(available_rewards())) or 0)
-    p = commands.add_parser("plot-presets", help="draw the seven presets from above into a PNG")
+    p = commands.add_parser("plot-presets", help="draw the presets from above into a PNG")
     p.add_argument("out", type=Path)
     p.add_argument("--frames", type=int, default=33)
     p.set_defaults(
         run=lambda args: (
             print(
                 plot_trajectories(
-                    {d: get_trajectory(d, args.frames) for d in DIRECTIONS},
+                    {d: get_trajectory(d, args.frames) for d in PRESETS},
                     args.out,
-                    "the seven presets (top view; red: viewing direction)",
+                    "the presets (top view; red: viewing direction)",
                 )
             )
             or 0

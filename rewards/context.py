@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from .correspondences import CorrespondenceConfig, VideoGeometry
-from .two_view import CommandedCameras, moves_as_commanded
+from .two_view import CommandedCameras, MotionEvidence, moves_as_commanded
 
 
 @dataclass(frozen=True)
 class GuardKey:
-    """What a static-guard result depends on: the correspondences, the cameras, the depth bound and the pair."""
+    """What a static-guard result depends on: the correspondences, the cameras, the guard's settings and the pair."""
 
     correspondences: CorrespondenceConfig
     min_translation: float
-    max_depth_over_path: float
+    min_motion_px: float
     i: int
     j: int
 
@@ -44,7 +44,7 @@ class VideoContext:
     intrinsics: Tensor
     geometries: dict[CorrespondenceConfig, VideoGeometry] = field(default_factory=dict)
     commanded: dict[float, CommandedCameras] = field(default_factory=dict)
-    guards: dict[GuardKey, bool] = field(default_factory=dict)
+    guards: dict[GuardKey, MotionEvidence] = field(default_factory=dict)
 
     @classmethod
     def of(cls, cache: dict, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor) -> VideoContext:
@@ -65,13 +65,15 @@ class VideoContext:
             self.commanded[min_translation] = CommandedCameras(self.cam_from_world, self.intrinsics, min_translation)
         return self.commanded[min_translation]
 
-    def moves_as_commanded(
-        self, geometry: VideoGeometry, commanded: CommandedCameras, max_depth_over_path: float, i: int, j: int
-    ) -> bool:
-        """The static-video guard of pair ``(i, j)``, for a scene no deeper than ``max_depth_over_path`` paths."""
-        key = GuardKey(geometry.config, commanded.min_translation, max_depth_over_path, i, j)
+    def motion_evidence(
+        self, geometry: VideoGeometry, commanded: CommandedCameras, min_motion_px: float, i: int, j: int
+    ) -> MotionEvidence:
+        """The static-video guard of pair ``(i, j)`` (see :func:`~rewards.two_view.moves_as_commanded`), with
+        ``min_motion_px`` given at 448 px width and scaled as the video's pixel tolerances are."""
+        key = GuardKey(geometry.config, commanded.min_translation, min_motion_px, i, j)
         if key not in self.guards:
             matches = geometry.matches(i, j)
-            max_depth = max_depth_over_path * max(commanded.path_length, 1e-9)
-            self.guards[key] = moves_as_commanded(commanded.pair(i, j), matches.points_i, matches.points_j, max_depth)
+            self.guards[key] = moves_as_commanded(
+                commanded.pair(i, j), matches.points_i, matches.points_j, min_motion_px * geometry.pixel_scale
+            )
         return self.guards[key]

@@ -4,11 +4,15 @@ Contract of :class:`GeometricReward`:
     - A subclass lists the frame tuples it scores (:meth:`~GeometricReward.pairs`: pairs ``(i, j)``, or
       triplets ``(i, j, k)``) and scores one of them (:meth:`~GeometricReward.score_pair`), raising
       :class:`~lyra_rl.reward.EstimationError` on a tuple it cannot score.
-    - The base scores every tuple: a failed one scores 0; one whose matches do not move as commanded
-      between its first and last frame (the static guard) scores 0 but keeps its diagnostics. The reward
-      is the mean over tuples; with more than ``max_failed_fraction`` of them failed, the video gets the
-      floor and a flag. Per-tuple diagnostics are reduced over the scored tuples as ``reducers`` says
-      (NaN where none has one), next to the failed and static fractions.
+    - The base judges every tuple between its first and last frame with the static guard
+      (:func:`~rewards.two_view.moves_as_commanded`), then scores it. A tuple that cannot be judged (fewer
+      than ``min_matches`` matches between its first and last frame) or scored (the subclass raised on a
+      tuple that moves) fails and scores 0; one whose matches do not move as commanded is static and scores
+      0, even where no model fits it (a frozen video is judged, not failed). The reward is the mean over
+      tuples; with more than ``max_failed_fraction`` of them failed, the video gets the floor and a flag.
+      Per-tuple diagnostics, the guard's (``guard_motion_px``, ``guard_parallax_px``) among them, are
+      reduced over the tuples that have them as ``reducers`` says (NaN where none has one), next to the
+      failed and static fractions.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from lyra_rl.reward import EstimationError, VideoReward
 
 from .context import VideoContext
 from .correspondences import CorrespondenceConfig, VideoGeometry
-from .two_view import CommandedCameras
+from .two_view import CommandedCameras, MotionEvidence
 
 
 @dataclass(eq=False)
@@ -37,11 +41,17 @@ class CorrespondenceReward(VideoReward):
             it share the same features, flows and matches (whatever their gaps).
         gaps: frame gaps of the scored pairs ``(i, i + g)``.
         min_translation: commanded baselines shorter than this (trajectory units) count as pure rotations.
+        min_matches: pairs with fewer correspondences cannot be judged.
+        min_motion_px: the static-video guard's smallest median motion and parallax that show a commanded
+            translation, in pixels at 448 px width (scaled with the resolution down to one half; see
+            :func:`~rewards.two_view.moves_as_commanded`).
     """
 
     method: str = "auto"
     gaps: tuple[int, ...] = (1, 4)
     min_translation: float = 1e-4
+    min_matches: int = 20
+    min_motion_px: float = 0.4
 
     def __post_init__(self) -> None:
         if not self.gaps or min(self.gaps) < 1:
@@ -52,6 +62,17 @@ class CorrespondenceReward(VideoReward):
     def views(self, context: VideoContext) -> tuple[VideoGeometry, CommandedCameras]:
         """The video's correspondences and commanded cameras as this reward's settings ask."""
         return context.geometry(self.correspondences), context.commanded_cameras(self.min_translation)
+
+    def motion_evidence(self, context: VideoContext, i: int, j: int) -> MotionEvidence:
+        """The static-video guard of pair ``(i, j)``, computed once per video for all rewards that agree.
+
+        Raises:
+            EstimationError: fewer than ``min_matches`` matches: the pair cannot be judged.
+        """
+        geometry, commanded = self.views(context)
+        if len(geometry.matches(i, j)) < self.min_matches:
+            raise EstimationError(f"fewer than {self.min_matches} matches between frames {i} and {j}")
+        return context.motion_evidence(geometry, commanded, self.min_motion_px, i, j)
 
 
 @dataclass
@@ -77,19 +98,14 @@ class GeometricReward(CorrespondenceReward):
     override :meth:`pairs` (default: ``(i, i + g)`` for every gap) and :meth:`finish` (video-level terms).
 
     Args:
-        min_matches: pairs with fewer correspondences count as failed pairs.
-        max_failed_fraction: a video whose failed-pair fraction exceeds this gets the floor and a flag.
-        max_depth_over_path: the static-video guard assumes the scene is no deeper than this many times
-            the commanded path length (see :func:`~rewards.two_view.moves_as_commanded`).
-        method, gaps, min_translation: see :class:`CorrespondenceReward`.
+        max_failed_fraction: a video whose failed-tuple fraction exceeds this gets the floor and a flag.
+        method, gaps, min_translation, min_matches, min_motion_px: see :class:`CorrespondenceReward`.
     """
 
     unit: ClassVar[str] = "pairs"  # names the failed / static fractions: ``failed_pairs``, ``static_pairs``
     reducers: ClassVar[dict[str, Callable[[list[float]], float]]] = {}
 
-    min_matches: int = 20
     max_failed_fraction: float = 0.5
-    max_depth_over_path: float = 10.0
 
     def pairs(self, geometry: VideoGeometry, commanded: CommandedCameras) -> list[tuple[int, ...]]:
         """The frame tuples to score; the static guard checks each between its first and last frame."""
@@ -113,33 +129,41 @@ class GeometricReward(CorrespondenceReward):
         """Video-level terms on top of the mean over tuples; ``scored`` holds the tuples that did not fail."""
         return value, diagnostics
 
-    def moves_as_commanded(self, context: VideoContext, i: int, j: int) -> bool:
-        """The static-video guard for pair ``(i, j)``, computed once per video for all rewards that agree."""
-        return context.moves_as_commanded(*self.views(context), self.max_depth_over_path, i, j)
-
     def score_video(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor, *, image, cache):
         context = VideoContext.of(cache, video, cam_from_world, intrinsics)
         geometry, commanded = self.views(context)
         tuples = self.pairs(geometry, commanded)
         if not tuples:
             return math.nan, {}
-        scores, scored, static, errors = [], {}, 0, []
+        scores, scored, judged, static, errors = [], {}, [], 0, []
         for frames in tuples:
+            scores.append(0.0)
+            try:
+                evidence = self.motion_evidence(context, frames[0], frames[-1])
+            except EstimationError as error:
+                errors.append(error)
+                continue
+            judged.append(evidence)
+            static += not evidence.moves
             try:
                 scored[frames] = result = self.score_pair(geometry, commanded, frames)
             except EstimationError as error:
-                errors.append(error)
-                scores.append(0.0)
+                if evidence.moves:  # a static tuple is judged whether or not a model fits it (a frozen video)
+                    errors.append(error)
                 continue
-            result.static = not self.moves_as_commanded(context, frames[0], frames[-1])
-            static += result.static
-            scores.append(0.0 if result.static else result.score)
+            result.static = not evidence.moves
+            scores[-1] = 0.0 if result.static else result.score
         if len(errors) > self.max_failed_fraction * len(tuples):
             raise EstimationError(f"{len(errors)}/{len(tuples)} {self.unit} failed (first: {errors[0]})")
         diagnostics = {}
         for key, reduce in self.reducers.items():
             values = [s.diagnostics[key] for s in scored.values() if key in s.diagnostics]
             diagnostics[key] = float(reduce(values)) if values else math.nan
+        for key, values in (
+            ("guard_motion_px", [e.motion_px for e in judged]),
+            ("guard_parallax_px", [e.parallax_px for e in judged if not math.isnan(e.parallax_px)]),
+        ):
+            diagnostics[key] = float(np.median(values)) if values else math.nan
         diagnostics[f"failed_{self.unit}"] = len(errors) / len(tuples)
         diagnostics[f"static_{self.unit}"] = static / len(tuples)
         return self.finish(context, float(np.mean(scores)), diagnostics, scored)

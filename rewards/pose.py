@@ -29,8 +29,8 @@ class PoseConsistencyReward(GeometricReward):
     up to 2x for smaller videos) with ``e_R`` the geodesic rotation error and ``e_t`` the
     translation-direction error (degrees). Where the command is a pure rotation, the translation term is
     ``exp(-parallax / tau_parallax_px)`` instead: the median pixel residual of the matches under the
-    estimated rotation's homography, which a translating camera leaves. A pair whose matches
-    do not move (see ``moves_as_commanded``) scores 0. The reward is the mean over pairs.
+    estimated rotation's homography, which a translating camera leaves. A pair whose matches do not move
+    as commanded (the static guard, see ``moves_as_commanded``) scores 0. The reward is the mean over pairs.
 
     Range ``[0, 1]``; floor ``0`` (flagged) when more than ``max_failed_fraction`` of the pairs have fewer
     than ``min_matches`` correspondences or no pose. Blind to a uniform change of speed along a straight
@@ -119,7 +119,7 @@ class PoseConsistencyReward(GeometricReward):
                 estimated[k, k + 1] = self._estimate_pair(geometry, commanded, k, k + 1).numpy()
             except EstimationError:
                 return None
-            if not self.moves_as_commanded(context, k, k + 1):
+            if not self.motion_evidence(context, k, k + 1).moves:
                 standing.add((k, k + 1))
         return chain_consecutive(estimated, commanded, standing)
 

@@ -7,13 +7,14 @@ Convention:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from lyra_rl.camera import camera_centers, skew
+from lyra_rl.camera import skew
 from lyra_rl.reward import EstimationError
 
 
@@ -54,8 +55,6 @@ class CommandedCameras:
         self.K_inv = np.linalg.inv(self.K)
         self.P = self.K @ self.cam_from_world[:, :3]
         self.min_translation = min_translation
-        centers = camera_centers(cam_from_world.double())
-        self.path_length = float((centers[1:] - centers[:-1]).norm(dim=-1).sum())
         self._pairs: dict[tuple[int, int], CommandedPair] = {}
 
     def pair(self, i: int, j: int) -> CommandedPair:
@@ -110,30 +109,62 @@ def bearings(K_inv: np.ndarray, points: np.ndarray) -> np.ndarray:
     return rays / np.linalg.norm(rays, axis=1, keepdims=True)
 
 
-def moves_as_commanded(pair: CommandedPair, points_i: np.ndarray, points_j: np.ndarray, max_depth: float) -> bool:
-    """Static-video guard: do the correspondences show the commanded rotation *and* translation?
+@dataclass(frozen=True)
+class MotionEvidence:
+    """What the static-video guard measured on the correspondences of a pair.
 
-    A frozen video is epipolar-consistent with a forward motion if the scene were infinitely far, and a
-    video that only rotates satisfies every epipolar geometry with its rotation. This check assumes the
-    scene is no deeper than ``max_depth`` (trajectory units) and asks two things of the median over the
-    correspondences: the viewing rays must move at least half as much as the commanded motion moves
-    points at that depth; and, for a translating pair, the parallax left after removing the commanded
-    rotation must reach half of what the commanded baseline gives at that depth.
+    Attributes:
+        moves: the correspondences show the commanded motion (see :func:`moves_as_commanded`).
+        motion_px: median pixel displacement of the correspondences.
+        parallax_px: median signed parallax left after the commanded rotation, positive towards the commanded
+            translation, in pixels at frame j's focal length; NaN for a commanded pure rotation.
+    """
+
+    moves: bool
+    motion_px: float
+    parallax_px: float
+
+
+def moves_as_commanded(
+    pair: CommandedPair, points_i: np.ndarray, points_j: np.ndarray, min_motion_px: float
+) -> MotionEvidence:
+    """Static-video guard: do the correspondences show the commanded motion, whatever the depth of the scene?
+
+    A frozen video is epipolar-consistent with a forward motion (a scene at infinity), a video that only
+    rotates satisfies every epipolar geometry with its rotation, and in an orbit a frozen video is
+    epipolar-consistent with a scene around the pivot. The test reads only what two views fix without a depth:
+
+    - Commanded pure rotation: rays move along the commanded rotation (``u = R r_i``), by depth-free
+      amounts. The median component of ``r_j - r_i`` along ``u - r_i`` must reach half the median of
+      ``|u - r_i|``; a rotation below ``min_motion_px`` (e.g. a static camera) demands nothing.
+    - Commanded translation: a point at any positive depth is seen, after the commanded rotation, displaced
+      from ``u`` towards the commanded translation ``t`` (``r_j ~ u + t / depth``): the signed parallax
+      ``atan2(r_j . d, r_j . u)``, with ``d`` the unit component of ``t`` orthogonal to ``u``, is positive.
+      Its median must reach ``min_motion_px`` (a rotating-only video has none, a video moving backwards a
+      negative one), and so must the median pixel displacement (a frozen video has none, whatever the
+      intrinsics: a frozen stereo pair with shifted principal points is epipolar-consistent with a plane).
+
+    Args:
+        pair: the commanded geometry of frames ``(i, j)``.
+        points_i, points_j: ``(N, 2)`` pixel correspondences, ``N >= 1`` (too few to judge the motion is the
+            caller's call).
+        min_motion_px: the smallest median motion and parallax (pixels) that show a commanded translation.
     """
     rays_i, rays_j = bearings(pair.K_i_inv, points_i), bearings(pair.K_j_inv, points_j)
     rotated = rays_i @ pair.R.T
-    far = max_depth * rotated + pair.t
-    far /= np.linalg.norm(far, axis=1, keepdims=True)
-    moved = np.median(_angle(rays_i, rays_j)) >= 0.5 * np.median(_angle(rays_i, far))
+    focal = float(np.mean([pair.K_j[0, 0], pair.K_j[1, 1]]))
+    motion = float(np.median(np.linalg.norm(points_j - points_i, axis=1)))
     if not pair.translates:
-        return bool(moved)
-    parallax = np.median(_angle(rotated, rays_j)) >= 0.5 * np.median(_angle(rotated, far))
-    return bool(moved and parallax)
-
-
-def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angles (radians) between unit vectors ``(N, 3)``."""
-    return np.arccos(np.clip(np.sum(a * b, axis=1), -1, 1))
+        rotation_flow = rotated - rays_i
+        length = np.linalg.norm(rotation_flow, axis=1)
+        along = np.sum((rays_j - rays_i) * rotation_flow, axis=1) / np.maximum(length, 1e-12)
+        moves = focal * np.median(length) < min_motion_px or np.median(along) >= 0.5 * np.median(length)
+        return MotionEvidence(bool(moves), motion, math.nan)
+    towards = pair.t - (rotated @ pair.t)[:, None] * rotated
+    towards /= np.maximum(np.linalg.norm(towards, axis=1, keepdims=True), 1e-12)
+    signed = np.arctan2(np.sum(rays_j * towards, axis=1), np.sum(rays_j * rotated, axis=1))
+    parallax = focal * float(np.median(signed))
+    return MotionEvidence(motion >= min_motion_px and parallax >= min_motion_px, motion, parallax)
 
 
 def triangulate(P_i: np.ndarray, P_j: np.ndarray, points_i: np.ndarray, points_j: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lyra_rl.camera import DIRECTIONS
+from lyra_rl.camera import PRESETS
 from lyra_rl.cli import main as cli_main
 from lyra_rl.data.conditions import read_conditions
 from lyra_rl.errors import InputError
@@ -23,7 +23,7 @@ from policies.training import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "configs" / "grpo_tiny.yaml"
-PRESETS = ", ".join(DIRECTIONS)
+NAMES = ", ".join(PRESETS)
 
 
 def recipe_error(capsys, monkeypatch, args, trainer_class=GRPOTrainer, config_class=GRPOConfig, prog="grpo.py"):
@@ -77,7 +77,7 @@ def json_error(line: str) -> str:
         (
             [{**GOOD, "direction": "sideways"}],
             lambda m: (
-                f"{m}:1: direction '{m.parent / 'sideways'}' is neither a preset ({PRESETS}) nor a trajectory file"
+                f"{m}:1: direction '{m.parent / 'sideways'}' is neither a preset ({NAMES}) nor a trajectory file"
             ),
         ),
         (
@@ -129,7 +129,7 @@ def test_a_folder_of_images_names_the_file_that_is_wrong(tmp_path):
     with pytest.raises(ValueError) as raised:
         read_conditions(tmp_path)
     assert str(raised.value) == (
-        f"{tmp_path / 'a.direction'}:1: direction '{tmp_path / 'sideways'}' is neither a preset ({PRESETS}) nor a "
+        f"{tmp_path / 'a.direction'}:1: direction '{tmp_path / 'sideways'}' is neither a preset ({NAMES}) nor a "
         "trajectory file"
     )
     (tmp_path / "a.direction").write_text("left")
@@ -247,7 +247,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     recipe.write_text(f"policy: tiny\nconditions: {path}\neval_conditions: 1\n")
     assert cli_main(["evaluate", "--config", str(recipe), "--out", str(out)]) == 2
     assert capsys.readouterr().err == (
-        f"lyra-rl: error: {path}:2: direction '{tmp_path / 'sideways'}' is neither a preset ({PRESETS}) nor a "
+        f"lyra-rl: error: {path}:2: direction '{tmp_path / 'sideways'}' is neither a preset ({NAMES}) nor a "
         "trajectory file\n"
     )
     assert not out.exists()

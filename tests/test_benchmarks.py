@@ -20,3 +20,16 @@ def test_grpo_step_benchmark_reports_every_phase_and_its_ratios():
     assert re.fullmatch(r"step_overhead=\d+\.\d\d ref_memory_ratio=\d+\.\d\d", lines[-1]), lines[-1]
     phases = [line.split()[0] for line in lines if re.match(r"  \w+ +\d+\.\d+ s", line)]
     assert phases == ["conditions", "rollout", "decode", "reward", "update"]
+
+
+def test_the_main_job_benchmark_prints_its_table_and_last_line(tmp_path):
+    """One step of one rollout pair and one held-out condition: the table and ``rot_err_drop=X sampson_drop=Y``."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "main_job.py"), "--quick", "--output-dir", str(tmp_path)]
+    command += ["--max_steps", "1", "--conditions_per_step", "1", "--num_generations", "2", "--eval_conditions", "1"]
+    command += ["--num_sampling_steps", "2", "--eval_sampling_steps", "2"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"rot_err_drop=-?\d+\.\d{3} sampson_drop=-?\d+\.\d{3}", lines[-1]), lines[-1]
+    assert "3 held-out videos: training seeds [0] x sampling seeds [0, 1, 2]" in out.stdout
+    assert any(line.startswith("| `rot_err_deg` |") for line in lines)

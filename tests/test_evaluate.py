@@ -149,6 +149,32 @@ def test_evaluate_loads_a_checkpoint(base_rows, tiny_config, tmp_path):
     assert abs(trained["psnr"] - base["psnr"]) > 1e-4 and from_run["psnr"] == trained["psnr"]
 
 
+def test_evaluate_before_and_after_a_lora(base_rows, tiny_config, tmp_path):
+    """``--before-after``: the model with its adapters disabled samples the base model's videos exactly, the
+    trained adapters other ones, from the same noise; both are written, compared, and drawn side by side."""
+    policy_config, _, config = parse_recipe_config(tiny_config)
+    policy = build_policy(policy_config, config.seed)
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        k: p.detach() + ("lora" in k) * torch.randn(p.shape, generator=generator)
+        for k, p in policy.trained_parameters().items()
+    }
+    checkpoint = tmp_path / "checkpoint-1"
+    policy.save_trained_weights(checkpoint, state)
+    args = ["evaluate", "--config", str(tiny_config), "--out", str(tmp_path / "out"), "--rewards", "pose_consistency"]
+    args += ["--num-conditions", "1", "--seeds", "0", "--checkpoint", str(checkpoint), "--before-after"]
+    assert main(args) == 0
+    before, after = (
+        json.loads((tmp_path / "out" / v / "evaluation.json").read_text())["videos"] for v in ("before", "after")
+    )
+    base = base_rows[1][0]
+    # the same video up to the batch's float sums (the base rows sampled two conditions at once)
+    assert abs(before[0]["psnr"] - base["psnr"]) < 1e-5 and abs(after[0]["psnr"] - base["psnr"]) > 1e-4
+    assert "| `psnr` |" in (tmp_path / "out" / "comparison.md").read_text()
+    video, _ = read_video(tmp_path / "out" / "videos" / "seed-0-0.mp4")
+    assert video.shape == (5, 3, 192, 3 * 288 + 192)  # before | after | true render, then the top view
+
+
 def test_evaluate_model_mode_checks_its_inputs(tiny_config, tmp_path, capsys):
     """Each bad input is one error line, exit code 2, before anything is written."""
     config, out, empty = str(tiny_config), tmp_path / "out", tmp_path / "empty"
@@ -170,6 +196,7 @@ def test_evaluate_model_mode_checks_its_inputs(tiny_config, tmp_path, capsys):
         "--sampling-steps and --batch-size must be >= 1": ["--config", config, "--sampling-steps", "0"],
         "--direction does not apply to --config": ["--config", config, "--direction", "left"],
         "--seeds does not apply to a folder": [str(empty), "--seeds", "1"],
+        "--before-after compares LoRA adapters": ["--config", config, "--before-after"],
     }
     for message, args in cases.items():
         assert main(["evaluate", "--out", str(out), *args]) == 2, message

@@ -1,7 +1,7 @@
 """Cameras: SE(3) poses, intrinsics, trajectory presets, file converters and pose-error metrics.
 
 ``poses`` holds the SE(3) algebra, intrinsics and the :class:`Cameras` batch; ``trajectories`` the
-seed's presets; ``converters`` the trajectory file formats; ``metrics`` the pose errors. Every public
+presets; ``converters`` the trajectory file formats; ``metrics`` the pose errors. Every public
 name is re-exported here, so ``from lyra_rl.camera import Cameras, trajectory_preset`` is the way in.
 
 Convention (the only one in lyra-rl; other conventions are converted at the edges):
@@ -33,10 +33,12 @@ from .poses import (
     skew,
     yaw_matrix,
 )
-from .trajectories import DIRECTIONS, get_trajectory, random_trajectory, trajectory_preset
+from .trajectories import DIRECTIONS, PIVOT_DEPTH, PRESETS, get_trajectory, random_trajectory, trajectory_preset
 
 __all__ = [
     "DIRECTIONS",
+    "PIVOT_DEPTH",
+    "PRESETS",
     "Cameras",
     "TrajectoryErrors",
     "axis_angle_to_matrix",

@@ -1,5 +1,5 @@
-"""The seed's seven camera trajectory presets, random smooth trajectories as MultiCamVideo builds them, and
-:func:`get_trajectory` (a preset or a file).
+"""Camera trajectory presets (the seed's seven, orbits, a dolly and a static camera), random smooth
+trajectories as MultiCamVideo builds them, and :func:`get_trajectory` (a preset or a file).
 
 Convention:
     See :mod:`lyra_rl.camera` (OpenCV axes, ``cam_from_world`` extrinsics, frame 0 = identity,
@@ -17,9 +17,17 @@ from torch import Tensor
 from .converters import load_trajectory
 from .poses import axis_angle_to_matrix, invert_pose, make_pose, yaw_matrix
 
-__all__ = ["DIRECTIONS", "get_trajectory", "random_trajectory", "trajectory_preset"]
+__all__ = ["DIRECTIONS", "PIVOT_DEPTH", "PRESETS", "get_trajectory", "random_trajectory", "trajectory_preset"]
 
 DIRECTIONS = ("forward", "left", "right", "forward_left", "forward_right", "s_curve", "left_right")
+"""The seed's seven presets: the procedural datasets and the fidelity benchmark cycle through these."""
+
+PRESETS = (*DIRECTIONS, "orbit_left", "orbit_right", "dolly_in", "static")
+"""Every preset name :func:`trajectory_preset` (and wherever a direction is accepted) knows."""
+
+PIVOT_DEPTH = 3.0
+"""Depth (trajectory units) ahead of the start camera of the point the orbits circle and ``dolly_in`` approaches;
+:func:`~lyra_rl.data.scenes.make_scene` with ``pivot_depth`` stands a box there."""
 
 
 def _heading_profile(direction: str, progress: Tensor, angle: float) -> tuple[Tensor, bool]:
@@ -33,21 +41,38 @@ def _heading_profile(direction: str, progress: Tensor, angle: float) -> tuple[Te
         "forward_right": (-angle * progress, True),
         "s_curve": (bump, True),
         "left_right": (bump, False),
+        "dolly_in": (torch.zeros_like(progress), True),
+        "static": (torch.zeros_like(progress), False),
     }
     if direction not in profiles:
         raise ValueError(
-            f"Unknown direction {direction!r}; expected one of {', '.join(DIRECTIONS)} or a trajectory file."
+            f"Unknown direction {direction!r}; expected one of {', '.join(PRESETS)} or a trajectory file."
         )
     return profiles[direction]
 
 
-def trajectory_preset(
-    direction: str, num_frames: int, *, distance: float = 1.5, angle_degrees: float = 40.0
-) -> Tensor:
-    """One of the seed's seven camera presets, as ``cam_from_world`` of shape ``(T, 4, 4)`` (float32).
+def _orbit(progress: Tensor, angle: float, pivot_depth: float) -> Tensor:
+    """``cam_from_world (T, 4, 4)`` circling the point ``(0, 0, pivot_depth)`` by ``angle`` radians along
+    ``progress`` in [0, 1], always looking at it (positive ``angle``: yaw left, so the camera moves to +x)."""
+    world_from_cam_rot = yaw_matrix(angle * progress)
+    pivot = torch.tensor([0.0, 0.0, pivot_depth], dtype=torch.float64)
+    centers = pivot - pivot_depth * world_from_cam_rot[:, :, 2]  # the forward axis points at the pivot
+    return invert_pose(make_pose(world_from_cam_rot, centers))
 
-    The camera moves with constant speed along its current heading (``distance`` in total over the clip)
-    and yaws as the preset says (``angle_degrees`` in total; positive yaw turns left):
+
+def trajectory_preset(
+    direction: str,
+    num_frames: int,
+    *,
+    distance: float = 1.5,
+    angle_degrees: float = 40.0,
+    pivot_depth: float = PIVOT_DEPTH,
+) -> Tensor:
+    """A named camera preset (one of ``PRESETS``), as ``cam_from_world`` of shape ``(T, 4, 4)`` (float32).
+
+    The seed's seven move with constant speed along the current heading (``distance`` in total over the clip)
+    and yaw as the preset says (``angle_degrees`` in total; positive yaw turns left). The object presets refer
+    to the pivot, the point ``pivot_depth`` ahead of the start camera:
 
     ============== ==============================================================================
     forward        straight along +z, no rotation
@@ -56,6 +81,10 @@ def trajectory_preset(
     forward_right  move forward while yawing -angle (an arc to the right)
     s_curve        move forward; heading swings left to +angle/2 and back (an S-shaped lane change)
     left_right     rotate in place left to +angle/2, then back right to the start
+    orbit_left     circle the pivot by angle, moving left (-x) and yawing right to keep it centred
+    orbit_right    circle the pivot by angle, moving right (+x) and yawing left to keep it centred
+    dolly_in       straight along +z towards the pivot, halfway to it (``pivot_depth / 2``)
+    static         the camera does not move
     ============== ==============================================================================
 
     Convention:
@@ -64,6 +93,11 @@ def trajectory_preset(
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     progress = torch.linspace(0, 1, num_frames, dtype=torch.float64)
+    if direction in ("orbit_left", "orbit_right"):
+        side = 1.0 if direction == "orbit_right" else -1.0
+        return _orbit(progress, side * math.radians(angle_degrees), pivot_depth).float()
+    if direction == "dolly_in":
+        distance = pivot_depth / 2
     yaw, moves = _heading_profile(direction, progress, math.radians(angle_degrees))
     world_from_cam_rot = yaw_matrix(yaw)
     step = distance / (num_frames - 1) if moves else 0.0
@@ -131,8 +165,8 @@ def random_trajectory(
 def get_trajectory(direction_or_path: str, num_frames: int, **preset_kwargs: float) -> Tensor:
     """A preset name (see :func:`trajectory_preset`) or a trajectory file (see
     :func:`~lyra_rl.camera.load_trajectory`), as ``cam_from_world`` of shape ``(T, 4, 4)``."""
-    if direction_or_path in DIRECTIONS:
+    if direction_or_path in PRESETS:
         return trajectory_preset(direction_or_path, num_frames, **preset_kwargs)
     if Path(direction_or_path).is_file():
         return load_trajectory(direction_or_path, num_frames)
-    raise ValueError(f"{direction_or_path!r} is neither a direction ({', '.join(DIRECTIONS)}) nor a trajectory file")
+    raise ValueError(f"{direction_or_path!r} is neither a direction ({', '.join(PRESETS)}) nor a trajectory file")

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..camera import (
     DIRECTIONS,
+    PRESETS,
     Cameras,
     default_intrinsics,
     get_trajectory,
@@ -158,10 +159,10 @@ def image_problem(path: Path) -> str | None:
 def direction_problem(direction: str) -> str | None:
     """What is wrong with a condition's commanded path (``None``: nothing): neither a preset nor a trajectory
     file that loads with at least 2 finite poses."""
-    if direction in DIRECTIONS:
+    if direction in PRESETS:
         return None
     if not Path(direction).is_file():
-        return f"direction {direction!r} is neither a preset ({', '.join(DIRECTIONS)}) nor a trajectory file"
+        return f"direction {direction!r} is neither a preset ({', '.join(PRESETS)}) nor a trajectory file"
     try:
         trajectory = load_trajectory(direction)
     except Exception as error:
@@ -186,7 +187,7 @@ def _manifest_entry(source: Path, number: int, line: str) -> ConditionEntry | st
     wrong = [key for key in ("image", "prompt", "direction") if not isinstance(row[key], str)]
     if wrong:
         return f"{where}: {wrong[0]} must be a string, got {row[wrong[0]]!r}"
-    direction = row["direction"] if row["direction"] in DIRECTIONS else str(source.parent / row["direction"])
+    direction = row["direction"] if row["direction"] in PRESETS else str(source.parent / row["direction"])
     entry = ConditionEntry(source.parent / row["image"], row["prompt"], direction)
     problem = image_problem(entry.image) or direction_problem(entry.direction)
     return entry if problem is None else f"{where}: {problem}"
@@ -201,7 +202,7 @@ def _folder_entry(image: Path, k: int) -> ConditionEntry | str:
         return f"{image}: {problem}"
     if direction_file.is_file():
         direction = direction_file.read_text().strip()
-        direction = direction if direction in DIRECTIONS else str(image.parent / direction)
+        direction = direction if direction in PRESETS else str(image.parent / direction)
         if problem := direction_problem(direction):
             return f"{direction_file}:1: {problem}"
     else:

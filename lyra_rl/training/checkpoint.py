@@ -29,7 +29,7 @@ TRAINER_STATE = "trainer_state.pt"
 #: What :meth:`~lyra_rl.training.Trainer.save_checkpoint` writes into ``trainer_state.pt`` and resuming reads.
 TRAINER_STATE_KEYS = ("optimizer", "lr_scheduler", "step", "history", "rng")
 #: What a run writes into its ``output_dir`` (glob patterns): a fresh run refuses a folder holding any of them.
-RUN_OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "logs", "samples", "*_curve.png")
+RUN_OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "logs", "samples", "evaluation", "*_curve.png")
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
 

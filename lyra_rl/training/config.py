@@ -92,7 +92,8 @@ class TrainingConfig:
     """Arguments every trainer shares (names follow trl's where they mean the same).
 
     > Data: conditions, camera_paths, num_frames, height, width, conditions_per_step (per process).
-    > Evaluation: eval_conditions, eval_sampling_steps (every save_steps), shift, guidance_scale, negative_prompt.
+    > Evaluation: eval_conditions, eval_sampling_steps (every save_steps), final_evaluation_seeds (after training),
+      shift, guidance_scale, negative_prompt.
     > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed,
       mixed_precision, train_micro_batch_size.
     > Output: output_dir, logging_steps, save_steps, resume, overwrite_output_dir.
@@ -174,6 +175,14 @@ class TrainingConfig:
     eval_sampling_steps: int = field(
         default=20, metadata={"help": "Denoising steps of the evaluation samples (deterministic ODE)."}
     )
+    final_evaluation_seeds: list[int] = field(
+        default_factory=list,
+        metadata={
+            "help": "After training, what it changed (lyra-rl evaluate --before-after, one process): the "
+            "eval_conditions held-out conditions under each of these sampling seeds, with the adapters disabled "
+            "(before) and enabled (after), into output_dir/evaluation/. LoRA runs only; empty: none."
+        },
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
     resume: bool = field(
@@ -198,6 +207,13 @@ class TrainingConfig:
             raise ValueError(f"lr_scheduler_type must be one of {LR_SCHEDULES} and warmup_steps >= 0")
         if self.eval_conditions < 0 or self.eval_sampling_steps < 1:
             raise ValueError("eval_conditions must be >= 0 and eval_sampling_steps >= 1")
+        if self.final_evaluation_seeds and (
+            not self.eval_conditions or len(set(self.final_evaluation_seeds)) != len(self.final_evaluation_seeds)
+        ):
+            raise ValueError(
+                f"final_evaluation_seeds must differ and need eval_conditions >= 1, got {self.final_evaluation_seeds} "
+                f"and {self.eval_conditions}"
+            )
         if self.mixed_precision is not None:
             weight_dtype(self.mixed_precision)
         for name in ("conditions_per_step", "logging_steps", "save_steps", "max_steps"):

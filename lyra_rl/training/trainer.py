@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..camera import Cameras
 from ..data.conditions import ConditionBatch, ConditionSource
 from ..errors import InputError
+from ..evaluate import comparison_table, path_estimator
 from ..policy import VideoPolicy
 from ..reward import RewardSet
 from ..rollout import ode_sample
@@ -125,6 +126,8 @@ class Trainer:
             StepSettings(config.learning_rate, config.weight_decay, config.max_grad_norm, self.samples_per_process()),
         )
         self.optimizer = self.backend.optimizer
+        if config.final_evaluation_seeds:
+            self.check_final_evaluation()
         total = config.max_steps * self.optimizer_steps_per_step()
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: learning_rate_factor(k, config.lr_scheduler_type, config.warmup_steps, total)
@@ -260,7 +263,50 @@ class Trainer:
         if main and self.history:
             plot_curves(self.history, self.output_dir / self.curve.file_name, self.curve)
             self.report()
+            if config.final_evaluation_seeds:
+                self.evaluate_before_after()
         return self.history
+
+    def check_final_evaluation(self) -> None:
+        """``final_evaluation_seeds`` needs adapters to disable, a reward that estimates camera paths and weights
+        one process holds whole; a ``ValueError`` says which is missing."""
+        if self.backend.joins_every_forward:
+            raise ValueError(
+                "final_evaluation_seeds: sharded weights sample on every process; evaluate the run afterwards "
+                "(lyra-rl evaluate --config ... --checkpoint ... --before-after)"
+            )
+        if self.reward_set is None:
+            raise ValueError("final_evaluation_seeds: evaluation needs rewards (pose_consistency among them)")
+        path_estimator(self.reward_set)
+        with self.policy.adapters_disabled():  # a policy without adapters raises ValueError here
+            pass
+
+    def evaluate_before_after(self) -> dict[str, dict[str, float]]:
+        """What training changed, as ``lyra-rl evaluate --before-after`` measures it
+        (:func:`~lyra_rl.evaluate_model.evaluate_before_after`): the held-out conditions under every seed of
+        ``final_evaluation_seeds``, the policy with its adapters disabled and enabled, into
+        ``output_dir/evaluation/``; prints and returns the comparison."""
+        from ..evaluate_model import evaluate_before_after  # it samples with this module's evaluation noise
+
+        config = self.config
+        procedural = config.conditions == "procedural"
+        comparison = evaluate_before_after(
+            self.policy,
+            ConditionSource.from_config(config, videos=procedural),
+            self.reward_set,
+            self.output_dir / "evaluation",
+            num_conditions=config.eval_conditions,
+            seeds=config.final_evaluation_seeds,
+            num_sampling_steps=config.eval_sampling_steps,
+            shift=config.shift,
+            guidance_scale=config.guidance_scale,
+            negative_prompt=config.negative_prompt,
+            bf16=self.accelerator.mixed_precision == "bf16",
+        )
+        panels = "before | after | true render" if procedural else "before | after"
+        print(f"Wrote {self.output_dir / 'evaluation'}/: comparison.md, before/, after/, videos/*.mp4 ({panels})")
+        print(comparison_table(comparison))
+        return comparison
 
     def resume(self) -> Path | None:
         """Loads the last checkpoint of ``output_dir`` that loads (:meth:`load_checkpoint`), passing over, with a

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lyra_rl.camera import DIRECTIONS, camera_centers, invert_pose, trajectory_preset
+from lyra_rl.camera import PIVOT_DEPTH, PRESETS, camera_centers, get_trajectory, invert_pose, trajectory_preset
 
 
 def forward_axis(cam_from_world):
@@ -12,7 +12,7 @@ def forward_axis(cam_from_world):
 
 
 class TestPresets:
-    @pytest.mark.parametrize("direction", DIRECTIONS)
+    @pytest.mark.parametrize("direction", PRESETS)
     @pytest.mark.parametrize("num_frames", [2, 16, 81])
     def test_shape_and_identity_start(self, direction, num_frames):
         traj = trajectory_preset(direction, num_frames)
@@ -61,6 +61,33 @@ class TestPresets:
         assert abs(float(yaw[-1])) < 1e-4
         assert camera_centers(traj).abs().max() < 1e-6
 
+    @pytest.mark.parametrize("direction, side", [("orbit_left", -1), ("orbit_right", 1)])
+    def test_orbits_circle_the_pivot_keeping_it_centred(self, direction, side):
+        traj = trajectory_preset(direction, 17, angle_degrees=40)
+        pivot = torch.tensor([0.0, 0.0, PIVOT_DEPTH, 1.0])
+        in_camera = traj @ pivot  # (T, 4): the pivot in every camera frame
+        torch.testing.assert_close(in_camera[:, :2], torch.zeros(17, 2), atol=1e-5, rtol=0)  # on the optical axis
+        torch.testing.assert_close(in_camera[:, 2], torch.full((17,), PIVOT_DEPTH), atol=1e-5, rtol=0)
+        centers = camera_centers(traj)
+        assert (torch.sign(centers[1:, 0]) == side).all() and centers[:, 1].abs().max() < 1e-6
+        assert (side * centers[1:, 0] > side * centers[:-1, 0]).all()  # moves steadily to its side
+        heading = forward_axis(traj)[-1]
+        assert math.isclose(math.degrees(math.atan2(heading[0], heading[2])), -side * 40, abs_tol=1e-4)  # turns back
+
+    def test_dolly_in_moves_halfway_to_the_pivot_along_the_view_axis(self):
+        traj = trajectory_preset("dolly_in", 9, pivot_depth=2.0)
+        centers = camera_centers(traj)
+        torch.testing.assert_close(centers[-1], torch.tensor([0.0, 0.0, 1.0]), atol=1e-6, rtol=0)
+        assert (centers[1:, 2] > centers[:-1, 2]).all() and centers[:, :2].abs().max() < 1e-6
+        torch.testing.assert_close(forward_axis(traj), torch.tensor([0.0, 0.0, 1.0]).expand(9, 3), atol=1e-6, rtol=0)
+
+    def test_static_does_not_move(self):
+        torch.testing.assert_close(trajectory_preset("static", 9), torch.eye(4).expand(9, 4, 4))
+
+    @pytest.mark.parametrize("direction", ["orbit_left", "orbit_right", "dolly_in", "static"])
+    def test_new_presets_are_usable_by_name(self, direction):
+        torch.testing.assert_close(get_trajectory(direction, 5), trajectory_preset(direction, 5))
+
     def test_unknown_direction_lists_known_ones(self):
-        with pytest.raises(ValueError, match="forward_left"):
+        with pytest.raises(ValueError, match="forward_left.*orbit_left.*static"):
             trajectory_preset("backwards", 8)

@@ -25,6 +25,20 @@ def test_scene_layout_respects_the_camera_region_and_the_room():
     assert make_scene(1, num_boxes=7).num_boxes == 7
 
 
+def test_pivot_box_stands_under_the_pivot_and_leaves_the_rest_of_the_scene_alone():
+    for seed in range(5):
+        plain, pivoted = make_scene(seed), make_scene(seed, pivot_depth=3.0)
+        assert pivoted.num_boxes == plain.num_boxes + 1 and pivoted.num_faces == plain.num_faces + 6
+        assert torch.equal(pivoted.box_min[:-1], plain.box_min) and torch.equal(pivoted.box_max[:-1], plain.box_max)
+        assert torch.equal(pivoted.face_texture[:-6], plain.face_texture)
+        lo, hi = pivoted.box_min[-1], pivoted.box_max[-1]
+        torch.testing.assert_close((lo + hi)[[0, 2]] / 2, torch.tensor([0.0, 3.0]))  # centred under the pivot
+        assert lo[1] < 0 < hi[1] and hi[1] == pivoted.room_max[1]  # stands on the floor, reaches above the camera
+    assert torch.equal(make_scene(4, pivot_depth=2.5).box_min, make_scene(4, pivot_depth=2.5).box_min)
+    with pytest.raises(ValueError, match="pivot_depth"):
+        make_scene(0, pivot_depth=6.0)
+
+
 def test_scene_is_picklable(scene):
     restored = pickle.loads(pickle.dumps(scene))
     assert all(torch.equal(getattr(scene, name), getattr(restored, name)) for name in scene.__dataclass_fields__)
