@@ -160,10 +160,15 @@ def test_a_checkpoint_of_version_0_1_resumes(tmp_path, monkeypatch):
     history = trainer.train()
     expected = json.loads((fixture / "step-3.json").read_text())
     assert [h["step"] for h in history] == [1, 2, 3]  # the two steps of the checkpoint's history, then step 3
-    for name in ("loss", "reward/total", "kl"):
+    for name in ("reward/total", "kl"):
         assert history[-1][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-9), name
+    # the loss is beta * KL (2.4e-6) plus the mean of advantages (zero per group) times ratios within float32
+    # noise of 1: its last digits are rounding, which differs between CPUs (3.7e-6 there, 1.8e-6 on another)
+    assert history[-1]["loss"] == pytest.approx(expected["loss"], abs=1e-5)
     sums = {key: float(value.double().sum()) for key, value in trainer.trained_state_dict().items()}
-    assert sums == pytest.approx(expected["trained_sums"], rel=1e-6, abs=1e-9)
+    # the step's update follows that loss's gradient through Adam: the same rounding, 1e-5 of the sums (a wrong
+    # resume, e.g. of Adam's moments, moves them by the learning rate, 1e-2)
+    assert sums == pytest.approx(expected["trained_sums"], rel=1e-4, abs=1e-6)
 
 
 def test_a_checkpoint_that_fails_midway_leaves_the_last_complete_one(tmp_path, monkeypatch):
