@@ -24,19 +24,24 @@ from pathlib import Path
 
 from lyra_rl.evaluate import compare, comparison_table
 from lyra_rl.training import GRPOConfig, GRPOTrainer
-from policies.training import parse_configs, run_training
+from policies.training import exit_with_error, parse_configs, run_training
 
 CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "grpo_embedded.yaml"
 HEADLINE = {"rot_err_drop": "rot_err_deg", "sampson_drop": "diagnostics/epipolar/sampson_px"}
 SAMPLING_SEEDS = ("0", "1", "2")
 
 
+def main_job_configs(seed: int, output_dir: Path, overrides: list[str]):
+    """The configs of the main job with training seed ``seed`` into ``output_dir`` (``ValueError`` if bad)."""
+    args = ["--config", str(CONFIG), "--seed", str(seed), "--output_dir", str(output_dir)]
+    args += ["--overwrite_output_dir", "true", "--final_evaluation_seeds", *SAMPLING_SEEDS, *overrides]
+    return parse_configs(GRPOConfig, args)
+
+
 def run_main_job(seed: int, output_dir: Path, overrides: list[str]) -> dict[str, list[dict]]:
     """One run of the main job with training seed ``seed`` into ``output_dir``; its evaluation rows by variant
     (``before``, ``after``), each row's ``seed`` made ``(training seed, sampling seed)``."""
-    args = ["--config", str(CONFIG), "--seed", str(seed), "--output_dir", str(output_dir)]
-    args += ["--overwrite_output_dir", "true", "--final_evaluation_seeds", *SAMPLING_SEEDS, *overrides]
-    run_training(GRPOTrainer, *parse_configs(GRPOConfig, args))
+    run_training(GRPOTrainer, *main_job_configs(seed, output_dir, overrides))
     rows = {}
     for variant in ("before", "after"):
         videos = json.loads((output_dir / "evaluation" / variant / "evaluation.json").read_text())["videos"]
@@ -51,6 +56,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="training seed 0 only: the README's main job")
     args, overrides = parser.parse_known_args()  # the rest overrides the config, e.g. --max_steps 10
     seeds = args.seeds[:1] if args.quick else args.seeds
+    try:  # bad overrides are one line before any run starts
+        for seed in seeds:
+            main_job_configs(seed, args.output_dir / f"seed-{seed}", overrides)
+    except (ValueError, FileNotFoundError) as error:
+        exit_with_error(error)
     start = time.perf_counter()
     rows = {"before": [], "after": []}
     for seed in seeds:
