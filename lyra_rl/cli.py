@@ -15,25 +15,44 @@ import inspect
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from .camera import PRESETS, Cameras, default_intrinsics, get_trajectory
+from .camera import PRESETS, Cameras, default_intrinsics, get_trajectory, pinhole_intrinsics
 from .data.conditions import CAMERA_PATHS, ConditionSource
+from .errors import IntrinsicsError, TrajectoryError, VideoError
 from .evaluate import compare, comparison_table, evaluate_videos, markdown_table, summarize, write_evaluation
 from .reward import RewardSet, available_rewards, resolve_reward_class
-from .video import plot_trajectories, read_video
+from .video import plot_trajectories, probe_video, read_video
 
 DEFAULT_REWARDS = ("pose_consistency", "epipolar", "reprojection", "feature_matching", "point_cloud")
 
 
-def _intrinsics(args: argparse.Namespace, height: int, width: int) -> torch.Tensor:
-    if args.intrinsics:
-        fx, fy, cx, cy = args.intrinsics
-        return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    return default_intrinsics(height, width, args.fov)
+def camera_intrinsics(args: argparse.Namespace) -> Callable[[int, int], torch.Tensor]:
+    """The intrinsics ``(3, 3)`` of a ``height x width`` video from ``--intrinsics`` or ``--fov``, checked now
+    (before any video is read): an :class:`~lyra_rl.errors.IntrinsicsError` names the flag."""
+    try:
+        if args.intrinsics:
+            K = pinhole_intrinsics(*args.intrinsics)
+            return lambda height, width: K
+        default_intrinsics(2, 2, args.fov)
+    except IntrinsicsError as error:
+        raise IntrinsicsError(f"{'--intrinsics' if args.intrinsics else '--fov'}: {error}") from None
+    return lambda height, width: default_intrinsics(height, width, args.fov)
+
+
+def commanded_trajectory(args: argparse.Namespace, direction: str, video: Path, num_frames: int) -> torch.Tensor:
+    """``direction`` (a preset, or a trajectory file: resampled to the video's frames with ``--resample`` only)
+    for the ``num_frames`` frames of ``video``, which must be at least 2."""
+    if num_frames < 2:
+        raise VideoError(f"video {video} has {num_frames} frame; a camera path needs at least 2")
+    try:
+        return get_trajectory(direction, num_frames, args.resample, distance=args.distance, angle_degrees=args.angle)
+    except TrajectoryError as error:
+        raise TrajectoryError(f"{video}: {error}") from None
 
 
 def _accepts(reward_name: str, option: str) -> bool:
@@ -43,10 +62,13 @@ def _accepts(reward_name: str, option: str) -> bool:
 
 
 def score(args: argparse.Namespace) -> int:
+    intrinsics = camera_intrinsics(args)
+    if args.max_frames is not None and args.max_frames < 2:
+        raise ValueError(f"--max-frames must be >= 2 (a camera path needs 2 frames), got {args.max_frames}")
     video, _ = read_video(args.video, args.max_frames)
     num_frames, _, height, width = video.shape
-    trajectory = get_trajectory(args.direction, num_frames, distance=args.distance, angle_degrees=args.angle)
-    cameras = Cameras.from_trajectory(trajectory, _intrinsics(args, height, width))
+    trajectory = commanded_trajectory(args, args.direction, args.video, num_frames)
+    cameras = Cameras.from_trajectory(trajectory, intrinsics(height, width))
     reward_kwargs = {
         name: {"method": args.method} for name in args.rewards if args.method and _accepts(name, "method")
     }
@@ -114,8 +136,9 @@ def evaluate_folder(args: argparse.Namespace) -> int:
         raise ValueError(f"no videos (*.mp4) in {args.folder}")
     args.rewards = args.rewards or list(DEFAULT_REWARDS)
     check_estimates_paths(args.rewards)
+    intrinsics = camera_intrinsics(args)
     directions = {}
-    for path in paths:
+    for path in tqdm(paths, desc="check videos", leave=False, disable=None):
         file = path.with_suffix(".direction")
         direction = file.read_text().strip() if file.is_file() else args.direction
         if direction is None:
@@ -124,16 +147,19 @@ def evaluate_folder(args: argparse.Namespace) -> int:
             direction = str(args.folder / direction) if file.is_file() else direction
             if not Path(direction).is_file():
                 raise FileNotFoundError(f"{path}: its commanded path {direction} is neither a preset nor a file")
-        directions[path] = direction
-        if args.references is not None and not (args.references / path.name).is_file():
-            raise FileNotFoundError(f"{path}: no reference {args.references / path.name}")
+        num_frames = probe_video(path)
+        directions[path] = commanded_trajectory(args, direction, path, num_frames)
+        if args.references is not None:
+            if not (args.references / path.name).is_file():
+                raise FileNotFoundError(f"{path}: no reference {args.references / path.name}")
+            probe_video(args.references / path.name, num_frames)
     rows = []
     with RewardSet.from_names(args.rewards) as reward_set:
         for path in tqdm(paths, desc="evaluate"):
             video, _ = read_video(path)
             num_frames, _, height, width = video.shape
-            trajectory = get_trajectory(directions[path], num_frames, distance=args.distance, angle_degrees=args.angle)
-            cameras = Cameras.from_trajectory(trajectory, _intrinsics(args, height, width))
+            trajectory = directions[path]
+            cameras = Cameras.from_trajectory(trajectory, intrinsics(height, width))
             reference = read_video(args.references / path.name, num_frames)[0][None] if args.references else None
             (row,), (estimated,) = evaluate_videos(video[None], cameras, [""], reward_set, reference)
             rows.append({"video": path.name, **row})
@@ -238,6 +264,11 @@ def add_camera_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--angle", type=float, default=40.0, help="preset: total yaw in degrees")
     p.add_argument("--fov", type=float, default=70.0, help="horizontal field of view in degrees, if no --intrinsics")
     p.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="pixel intrinsics")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample a trajectory file of another length to the video's frames (else its length must match)",
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:

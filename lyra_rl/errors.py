@@ -11,3 +11,18 @@ and keeps its traceback.
 class InputError(ValueError):
     """Bad input found once a run has started: printed as one line by the recipes, like a ``ValueError`` raised
     before it started."""
+
+
+class VideoError(ValueError):
+    """A video file that does not decode, or decodes with errors (a damaged stream): names the file and ffmpeg's
+    first error."""
+
+
+class TrajectoryError(ValueError):
+    """A commanded camera path that cannot be one: fewer than 2 poses, non-finite or non-rigid poses, or another
+    frame count than the video's (unless resampling was asked for)."""
+
+
+class IntrinsicsError(ValueError):
+    """A field of view or pinhole intrinsics no camera has: non-finite, a focal length <= 0, a field of view
+    outside (0, 180) degrees."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import imageio.v2 as imageio
+import imageio_ffmpeg
 import matplotlib
 
 matplotlib.use("Agg")
@@ -14,13 +17,48 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .camera import camera_centers, invert_pose  # noqa: E402
+from .errors import VideoError  # noqa: E402
+
+#: the ``[h264 @ 0x55e6...] `` that starts ffmpeg's log lines
+FFMPEG_PREFIX = re.compile(r"^(\[[^\]]* @ 0x[0-9a-f]+\] *)+")
+
+
+def probe_video(path: str | Path, max_frames: int | None = None) -> int:
+    """Decodes a video once with ffmpeg (its first ``max_frames`` frames) and returns how many frames it holds.
+
+    Raises:
+        VideoError: for a file ffmpeg cannot open (``does not decode (...)``), a stream it decodes with errors
+            (``is damaged (...)``, with the number of errors and the first) or one without frames; the message
+            names the file and ffmpeg's first error, without its banner.
+    """
+    frames = [] if max_frames is None else ["-frames:v", str(max_frames)]
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(path), *frames]
+    command += ["-map", "0:v:0", "-f", "null", "-progress", "pipe:1", "-"]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    errors = [FFMPEG_PREFIX.sub("", line).strip().rstrip(".") for line in result.stderr.splitlines() if line.strip()]
+    if result.returncode != 0:
+        first = errors[0] if errors else f"ffmpeg exit status {result.returncode}"
+        raise VideoError(f"video {path} does not decode ({first})")
+    if errors:
+        raise VideoError(f"video {path} is damaged ({len(errors)} decoder errors; the first: {errors[0]})")
+    counts = [int(line.removeprefix("frame=")) for line in result.stdout.splitlines() if line.startswith("frame=")]
+    if not counts or counts[-1] == 0:
+        raise VideoError(f"video {path} holds no frames")
+    return counts[-1]
 
 
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor, float]:
-    """Reads a video file as ``(T, 3, H, W)`` float32 in [0, 1] and its frame rate."""
+    """Reads a video file as ``(T, 3, H, W)`` float32 in [0, 1] and its frame rate (of its first ``max_frames``).
+
+    Raises:
+        FileNotFoundError: for no file at ``path``.
+        VideoError: for a file ffmpeg cannot decode, one it decodes with errors or one without frames
+            (:func:`probe_video`); the message names the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video at {path}")
+    probe_video(path, max_frames)
     frames = []
     with imageio.get_reader(path, "ffmpeg") as reader:
         fps = float(reader.get_meta_data().get("fps", 16.0))
@@ -28,8 +66,6 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
             if max_frames is not None and k >= max_frames:
                 break
             frames.append(np.asarray(frame)[..., :3])
-    if not frames:
-        raise ValueError(f"{path} holds no frames")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255, fps
 
 

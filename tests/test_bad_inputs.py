@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from lyra_rl.camera import PRESETS
+from lyra_rl.camera import PRESETS, get_trajectory
 from lyra_rl.cli import main as cli_main
 from lyra_rl.data.conditions import read_conditions
 from lyra_rl.errors import InputError
 from lyra_rl.training import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 from lyra_rl.training.checkpoint import check_output_dir, remove_previous_outputs
+from lyra_rl.video import write_video
 from policies.training import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def test_images_and_trajectories_are_decoded_up_front(tmp_path):
         ({**GOOD, "image": "gray.png"}, f"image {tmp_path / 'gray.png'} has shape (32, 48), not an RGB or RGBA image"),
         (
             {**GOOD, "direction": "one_pose.json"},
-            f"trajectory {tmp_path / 'one_pose.json'} needs at least 2 finite poses, got shape (1, 4, 4)",
+            f"trajectory {tmp_path / 'one_pose.json'} needs at least 2 poses of shape (4, 4), got shape (1, 4, 4)",
         ),
         (
             {**GOOD, "direction": "garbled.json"},
@@ -249,5 +250,102 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"lyra-rl: error: {path}:2: direction '{tmp_path / 'sideways'}' is neither a preset ({NAMES}) nor a "
         "trajectory file\n"
+    )
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """A good 9-frame mp4 and three broken ones: cut in half, overwritten mid-file, and not a video at all."""
+    folder = tmp_path_factory.mktemp("videos")
+    good = write_video(folder / "good.mp4", torch.rand(9, 3, 32, 48, generator=torch.Generator().manual_seed(0)))
+    data = good.read_bytes()
+    middle = len(data) // 2
+    (folder / "truncated.mp4").write_bytes(data[:middle])
+    (folder / "damaged.mp4").write_bytes(data[:middle] + bytes(2000) + data[middle + 2000 :])
+    (folder / "junk.mp4").write_bytes(b"not a video" * 10)
+    return folder
+
+
+def trajectory_file(path: Path, cam_from_world: torch.Tensor) -> str:
+    path.write_text(json.dumps({"cam_from_world": cam_from_world.tolist()}))
+    return str(path)
+
+
+def cli_error(capsys, args) -> str:
+    """What ``lyra-rl args`` printed, checked to be one line and exit status 2."""
+    capsys.readouterr()
+    assert cli_main([str(arg) for arg in args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert captured.out == "" and len(lines) == 1 and lines[0].startswith("lyra-rl: error: "), captured.err
+    return lines[0].removeprefix("lyra-rl: error: ")
+
+
+def test_score_rejects_broken_videos_and_cameras_in_one_line(videos, tmp_path, capsys):
+    good = videos / "good.mp4"
+    for name, start in [
+        ("truncated", "does not decode (moov atom not found)"),
+        ("junk", "does not decode ("),
+        ("damaged", "is damaged ("),
+    ]:
+        assert cli_error(capsys, ["score", videos / f"{name}.mp4", "--direction", "left"]).startswith(
+            f"video {videos / name}.mp4 {start}"
+        )
+    for fov in ("-70", "0", "180", "nan"):
+        assert cli_error(capsys, ["score", good, "--direction", "left", "--fov", fov]) == (
+            f"--fov: the field of view must be in (0, 180) degrees, got {float(fov)}"
+        )
+    assert cli_error(capsys, ["score", good, "--direction", "left", "--intrinsics", 0, 40, 24, 16]) == (
+        "--intrinsics: intrinsics need finite values and focal lengths > 0, got fx fy cx cy = (0.0, 40.0, 24.0, 16.0)"
+    )
+    assert cli_error(capsys, ["score", good, "--direction", "left", "--max-frames", 1]) == (
+        "--max-frames must be >= 2 (a camera path needs 2 frames), got 1"
+    )
+    eye = torch.eye(4)
+    one_pose = trajectory_file(tmp_path / "one_pose.json", eye[None])
+    assert cli_error(capsys, ["score", good, "--direction", one_pose]) == (
+        f"{good}: trajectory {one_pose} needs at least 2 poses of shape (4, 4), got shape (1, 4, 4)"
+    )
+    sheared = eye.repeat(9, 1, 1)
+    sheared[4, 0, 1] = 0.5
+    not_rigid = trajectory_file(tmp_path / "sheared.json", sheared)
+    assert cli_error(capsys, ["score", good, "--direction", not_rigid]).startswith(
+        f"{good}: trajectory {not_rigid} pose 4 is not rigid (its rotation or last row is off by "
+    )
+    five = get_trajectory("left", 5)
+    short = trajectory_file(tmp_path / "five.json", five)
+    assert cli_error(capsys, ["score", good, "--direction", short]) == (
+        f"{good}: trajectory {short} has 5 poses for 9 frames and resampling was not asked for "
+        "(--resample, resample=True)"
+    )
+    resampled = ["score", str(good), "--direction", short, "--resample", "--rewards", "pose_consistency", "--json"]
+    assert cli_main(resampled) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 9
+
+
+def test_evaluate_checks_every_video_and_path_before_any_work(videos, tmp_path, capsys):
+    folder, out = tmp_path / "videos", tmp_path / "out"
+    folder.mkdir()
+    for name in ("good", "a_damaged", "z_good"):
+        shutil.copy(videos / ("damaged.mp4" if name == "a_damaged" else "good.mp4"), folder / f"{name}.mp4")
+    assert cli_error(capsys, ["evaluate", folder, "--direction", "left", "--out", out]).startswith(
+        f"video {folder / 'a_damaged.mp4'} is damaged ("
+    )
+    (folder / "a_damaged.mp4").unlink()
+    (folder / "z_good.direction").write_text("five.json\n")
+    trajectory_file(folder / "five.json", get_trajectory("left", 5))
+    assert cli_error(capsys, ["evaluate", folder, "--direction", "left", "--out", out]) == (
+        f"{folder / 'z_good.mp4'}: trajectory {folder / 'five.json'} has 5 poses for 9 frames and resampling was "
+        "not asked for (--resample, resample=True)"
+    )
+    references = tmp_path / "references"
+    references.mkdir()
+    for name in ("good", "z_good"):
+        shutil.copy(videos / ("truncated.mp4" if name == "z_good" else "good.mp4"), references / f"{name}.mp4")
+    args = ["evaluate", folder, "--direction", "left", "--resample", "--references", references, "--out", out]
+    assert cli_error(capsys, args) == f"video {references / 'z_good.mp4'} does not decode (moov atom not found)"
+    assert cli_error(capsys, [*args[:-2], "--fov", "200", "--out", out]) == (
+        "--fov: the field of view must be in (0, 180) degrees, got 200.0"
     )
     assert not out.exists()

@@ -26,11 +26,13 @@ from .poses import (
     invert_pose,
     make_pose,
     matrix_to_axis_angle,
+    pinhole_intrinsics,
     relative_pose,
     relative_to_first,
     resample_trajectory,
     rotation_angle,
     skew,
+    trajectory_problem,
     yaw_matrix,
 )
 from .trajectories import DIRECTIONS, PIVOT_DEPTH, PRESETS, get_trajectory, random_trajectory, trajectory_preset
@@ -53,6 +55,7 @@ __all__ = [
     "make_pose",
     "matrix_to_axis_angle",
     "opengl_to_opencv",
+    "pinhole_intrinsics",
     "optimal_scale",
     "pairwise_pose_errors",
     "random_trajectory",
@@ -63,5 +66,6 @@ __all__ = [
     "skew",
     "trajectory_errors",
     "trajectory_preset",
+    "trajectory_problem",
     "yaw_matrix",
 ]

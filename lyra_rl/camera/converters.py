@@ -15,7 +15,8 @@ import torch
 from kornia.geometry.conversions import camtoworld_graphics_to_vision_4x4
 from torch import Tensor
 
-from .poses import invert_pose, relative_to_first, resample_trajectory
+from ..errors import TrajectoryError
+from .poses import invert_pose, relative_to_first, resample_trajectory, trajectory_problem
 
 __all__ = ["from_multicam_extrinsics", "from_realestate10k", "load_trajectory", "opengl_to_opencv"]
 
@@ -68,7 +69,9 @@ def from_realestate10k(lines: list[str], height: int, width: int) -> tuple[Tenso
     return relative_to_first(cam_from_world).float(), intrinsics.float()
 
 
-def load_trajectory(path: str | Path, num_frames: int | None = None, camera: str = "cam01") -> Tensor:
+def load_trajectory(
+    path: str | Path, num_frames: int | None = None, camera: str = "cam01", resample: bool = False
+) -> Tensor:
     """Loads a custom trajectory file as ``cam_from_world (T, 4, 4)`` relative to its first frame.
 
     Formats, by content:
@@ -78,17 +81,23 @@ def load_trajectory(path: str | Path, num_frames: int | None = None, camera: str
           picks the camera);
         - RealEstate10K / CameraCtrl ``.txt`` pose lines.
 
-    If ``num_frames`` is given and differs from the file's length, the trajectory is resampled to it.
+    ``num_frames``, if given, is the frame count the trajectory must have; with ``resample`` a trajectory of
+    another length is resampled to it (rotations slerped, centers interpolated) instead.
+
+    Raises:
+        TrajectoryError: for fewer than 2 poses, a pose that is not finite or not rigid
+            (:func:`~lyra_rl.camera.trajectory_problem`), or another length than ``num_frames`` without
+            ``resample``; the message names the file.
+        ValueError: for a file of no known format.
     """
     path = Path(path)
     text = path.read_text()
     if path.suffix == ".json":
         data = json.loads(text)
         if "cam_from_world" in data:
-            trajectory = relative_to_first(torch.tensor(data["cam_from_world"], dtype=torch.float64)).float()
+            trajectory = torch.tensor(data["cam_from_world"], dtype=torch.float64)
         elif "world_from_cam_opengl" in data:
-            gl = torch.tensor(data["world_from_cam_opengl"], dtype=torch.float64)
-            trajectory = relative_to_first(opengl_to_opencv(gl)).float()
+            trajectory = opengl_to_opencv(torch.tensor(data["world_from_cam_opengl"], dtype=torch.float64))
         elif "frame0" in data:
             trajectory = from_multicam_extrinsics(data, camera)
         else:
@@ -97,7 +106,16 @@ def load_trajectory(path: str | Path, num_frames: int | None = None, camera: str
             )
     else:
         trajectory, _ = from_realestate10k(text.splitlines(), height=1, width=1)
+    problem = trajectory_problem(trajectory)
+    if problem:
+        raise TrajectoryError(f"trajectory {path} {problem}")
+    trajectory = relative_to_first(trajectory.double()).float()
     if num_frames is not None and num_frames != trajectory.shape[0]:
+        if not resample:
+            raise TrajectoryError(
+                f"trajectory {path} has {trajectory.shape[0]} poses for {num_frames} frames and resampling was not "
+                "asked for (--resample, resample=True)"
+            )
         times = torch.linspace(0, trajectory.shape[0] - 1, num_frames)
         trajectory = resample_trajectory(trajectory, times)
     return trajectory

@@ -19,6 +19,8 @@ from kornia.geometry.epipolar import cross_product_matrix
 from kornia.geometry.linalg import compose_transformations, inverse_transformation
 from torch import Tensor
 
+from ..errors import IntrinsicsError
+
 __all__ = [
     "Cameras",
     "axis_angle_to_matrix",
@@ -28,11 +30,13 @@ __all__ = [
     "invert_pose",
     "make_pose",
     "matrix_to_axis_angle",
+    "pinhole_intrinsics",
     "relative_pose",
     "relative_to_first",
     "resample_trajectory",
     "rotation_angle",
     "skew",
+    "trajectory_problem",
     "yaw_matrix",
 ]
 
@@ -191,6 +195,44 @@ def resample_trajectory(cam_from_world: Tensor, times: Tensor) -> Tensor:
 
 
 def default_intrinsics(height: int, width: int, fov_x_degrees: float = 70.0) -> Tensor:
-    """Square-pixel pinhole intrinsics ``(3, 3)`` with the principal point at the image center."""
+    """Square-pixel pinhole intrinsics ``(3, 3)`` with the principal point at the image center.
+
+    Raises:
+        IntrinsicsError: for a field of view outside ``(0, 180)`` degrees (or not finite).
+    """
+    if not 0 < fov_x_degrees < 180:
+        raise IntrinsicsError(f"the field of view must be in (0, 180) degrees, got {fov_x_degrees}")
     focal = (width / 2) / math.tan(math.radians(fov_x_degrees) / 2)
-    return torch.tensor([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    return pinhole_intrinsics(focal, focal, (width - 1) / 2, (height - 1) / 2)
+
+
+def pinhole_intrinsics(fx: float, fy: float, cx: float, cy: float) -> Tensor:
+    """Pinhole intrinsics ``(3, 3)`` from focal lengths and principal point in pixels.
+
+    Raises:
+        IntrinsicsError: for a value that is not finite or a focal length ``<= 0``.
+    """
+    values = (fx, fy, cx, cy)
+    if not all(math.isfinite(v) for v in values) or not (fx > 0 and fy > 0):
+        raise IntrinsicsError(f"intrinsics need finite values and focal lengths > 0, got fx fy cx cy = {values}")
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def trajectory_problem(cam_from_world: Tensor, tolerance: float = 1e-3) -> str | None:
+    """What keeps ``cam_from_world`` from being a camera path (``None``: nothing): fewer than 2 poses of shape
+    ``(4, 4)``, a pose that is not finite, or one whose rotation is not a proper rotation (``|R^T R - I|`` or
+    ``|det R - 1|`` above ``tolerance``) or whose last row is not ``0 0 0 1``."""
+    if cam_from_world.ndim != 3 or cam_from_world.shape[1:] != (4, 4) or cam_from_world.shape[0] < 2:
+        return f"needs at least 2 poses of shape (4, 4), got shape {tuple(cam_from_world.shape)}"
+    poses = cam_from_world.double()
+    finite = torch.isfinite(poses).flatten(1).all(dim=1)
+    if not finite.all():
+        return f"pose {int((~finite).nonzero()[0])} is not finite"
+    rotation = poses[:, :3, :3]
+    orthogonality = (rotation.transpose(-1, -2) @ rotation - torch.eye(3, dtype=poses.dtype)).abs().amax(dim=(1, 2))
+    bottom = (poses[:, 3] - poses.new_tensor([0.0, 0.0, 0.0, 1.0])).abs().amax(dim=1)
+    error = torch.maximum(torch.maximum(orthogonality, (torch.linalg.det(rotation) - 1).abs()), bottom)
+    if (error > tolerance).any():
+        k = int((error > tolerance).nonzero()[0])
+        return f"pose {k} is not rigid (its rotation or last row is off by {float(error[k]):.3g})"
+    return None

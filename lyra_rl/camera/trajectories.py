@@ -162,11 +162,12 @@ def random_trajectory(
     return invert_pose(world_from_cam).float()
 
 
-def get_trajectory(direction_or_path: str, num_frames: int, **preset_kwargs: float) -> Tensor:
+def get_trajectory(direction_or_path: str, num_frames: int, resample: bool = False, **preset_kwargs: float) -> Tensor:
     """A preset name (see :func:`trajectory_preset`) or a trajectory file (see
-    :func:`~lyra_rl.camera.load_trajectory`), as ``cam_from_world`` of shape ``(T, 4, 4)``."""
+    :func:`~lyra_rl.camera.load_trajectory`, which ``resample`` is passed to), as ``cam_from_world`` of shape
+    ``(T, 4, 4)``."""
     if direction_or_path in PRESETS:
         return trajectory_preset(direction_or_path, num_frames, **preset_kwargs)
     if Path(direction_or_path).is_file():
-        return load_trajectory(direction_or_path, num_frames)
+        return load_trajectory(direction_or_path, num_frames, resample=resample)
     raise ValueError(f"{direction_or_path!r} is neither a direction ({', '.join(PRESETS)}) nor a trajectory file")

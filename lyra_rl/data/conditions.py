@@ -29,6 +29,7 @@ from ..camera import (
     random_trajectory,
     trajectory_preset,
 )
+from ..errors import TrajectoryError
 from .latent_cache import CachedClip, is_cache_folder, load_cached_clip, read_manifest
 from .multicam import MultiCamClip, is_multicam_folder, list_clips, load_clip
 from .renderer import render
@@ -158,17 +159,17 @@ def image_problem(path: Path) -> str | None:
 
 def direction_problem(direction: str) -> str | None:
     """What is wrong with a condition's commanded path (``None``: nothing): neither a preset nor a trajectory
-    file that loads with at least 2 finite poses."""
+    file that loads as a camera path (:class:`~lyra_rl.errors.TrajectoryError`)."""
     if direction in PRESETS:
         return None
     if not Path(direction).is_file():
         return f"direction {direction!r} is neither a preset ({', '.join(PRESETS)}) nor a trajectory file"
     try:
-        trajectory = load_trajectory(direction)
+        load_trajectory(direction)
+    except TrajectoryError as error:
+        return str(error)
     except Exception as error:
         return f"trajectory {direction} does not load ({type(error).__name__}: {error})"
-    if trajectory.ndim != 3 or trajectory.shape[0] < 2 or not torch.isfinite(trajectory).all():
-        return f"trajectory {direction} needs at least 2 finite poses, got shape {tuple(trajectory.shape)}"
     return None
 
 
@@ -220,7 +221,8 @@ def read_conditions(source: str | Path) -> list[ConditionEntry]:
       one cycle through the seven presets.
 
     Every entry's image must exist and decode to RGB(A), and its direction be a preset or a trajectory file
-    that loads (:func:`~lyra_rl.camera.load_trajectory`) with at least 2 finite poses.
+    that loads (:func:`~lyra_rl.camera.load_trajectory`) as a camera path; trajectory files are resampled to
+    the run's ``num_frames``.
 
     Raises:
         ValueError: for the first bad entry as ``FILE:LINE: what is wrong`` (a folder's: ``IMAGE: ...``), with
@@ -266,7 +268,7 @@ def user_conditions(
             ].clamp(0, 1)
         )
         prompts.append(entry.prompt)
-        trajectories.append(get_trajectory(entry.direction, num_frames))
+        trajectories.append(get_trajectory(entry.direction, num_frames, resample=True))
     K = default_intrinsics(height, width)
     cameras = Cameras(torch.stack(trajectories), K.expand(len(indices), num_frames, 3, 3).clone())
     return ConditionBatch(torch.stack(images), prompts, cameras, torch.tensor(indices))

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from lyra_rl.camera import (
@@ -11,6 +12,7 @@ from lyra_rl.camera import (
     opengl_to_opencv,
     trajectory_preset,
 )
+from lyra_rl.errors import TrajectoryError
 
 
 class TestConverters:
@@ -35,6 +37,24 @@ class TestConverters:
         path = tmp_path / "traj.json"
         path.write_text(json.dumps({"cam_from_world": traj.tolist()}))
         torch.testing.assert_close(load_trajectory(path), traj, atol=1e-6, rtol=0)
-        dense = load_trajectory(path, num_frames=15)  # every second frame is an original one
+        dense = load_trajectory(path, num_frames=15, resample=True)  # every second frame is an original one
         torch.testing.assert_close(dense[::2], traj, atol=1e-5, rtol=0)
         assert get_trajectory(str(path), 8).shape == (8, 4, 4)
+        with pytest.raises(TrajectoryError, match="has 8 poses for 15 frames and resampling was not asked for"):
+            load_trajectory(path, num_frames=15)
+
+    @pytest.mark.parametrize(
+        "change, problem",
+        [
+            (lambda t: t[:1], "needs at least 2 poses of shape (4, 4), got shape (1, 4, 4)"),
+            (lambda t: t.index_fill(0, torch.tensor([3]), float("nan")), "pose 3 is not finite"),
+            (lambda t: t * torch.tensor([1.0, 1.0, 2.0, 1.0])[:, None], "pose 0 is not rigid (its rotation or last"),
+            (lambda t: t @ torch.diag(torch.tensor([-1.0, 1, 1, 1])), "pose 0 is not rigid"),  # a reflection
+        ],
+    )
+    def test_a_trajectory_that_is_no_camera_path_is_named(self, tmp_path, change, problem):
+        path = tmp_path / "traj.json"
+        path.write_text(json.dumps({"cam_from_world": change(trajectory_preset("left", 8)).tolist()}))
+        with pytest.raises(TrajectoryError) as raised:
+            load_trajectory(path)
+        assert str(raised.value).startswith(f"trajectory {path} {problem}")
