@@ -17,8 +17,8 @@ Contract:
 Faults: a :class:`RewardSet` contains a reward that breaks the contract on a video (raises anything but
 :class:`EstimationError`, returns ``inf`` or an output of the wrong type or shape): that video gets the
 reward's floor, ``failed=True`` and ``errors=True`` (logged as ``errors/<name>``), a warning names the reward
-the first time, and the other rewards and videos are scored as usual. ``errors="raise"`` raises instead, for
-debugging a plugin.
+the first time, and the other rewards and videos are scored as usual. So does a reward that takes longer than
+its timeout on a video (``RewardSet(timeouts=...)``). ``errors="raise"`` raises instead, for debugging a plugin.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ import importlib
 import logging
 import math
 import multiprocessing
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -55,6 +58,33 @@ class EstimationError(RuntimeError):
 class RewardError(RuntimeError):
     """A reward broke its output contract (an infinite value, an output of the wrong type or shape); raised
     by a :class:`RewardSet` with ``errors="raise"``, contained otherwise."""
+
+
+class RewardTimeout(Exception):
+    """A reward took longer than its timeout on one video (raised inside it by :func:`time_limit`)."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raises :class:`RewardTimeout` inside the block once it has run ``seconds`` (``None`` or 0: no limit).
+
+    A real-time timer (``SIGALRM``) of the process's main thread, where a :class:`RewardSet` scores (in this
+    process or in a worker): it interrupts Python code and sleeps, and code inside a native call when the call
+    returns. Elsewhere (another thread, a platform without ``setitimer``) the block runs without a limit."""
+    if not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise RewardTimeout(f"took longer than {seconds:g} s (its timeout)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -244,18 +274,23 @@ def _score_one(
     prompt: str,
     image: Tensor | None,
     contain: bool = True,
+    timeouts: Sequence[float | None] | None = None,
 ) -> list[RewardOutput | str]:
-    """Scores one video ``(1, T, 3, H, W)`` with every reward, sharing one cache (features, matches).
+    """Scores one video ``(1, T, 3, H, W)`` with every reward, sharing one cache (features, matches), each
+    within its timeout (seconds, ``None``: no limit).
 
     Returns:
         Per reward, its output or, where it broke the contract and ``contain``, what it did (else that raises).
     """
     cache: dict = {}
     outputs: list[RewardOutput | str] = []
-    for reward in rewards:
+    for reward, timeout in zip(rewards, timeouts or [None] * len(rewards)):
         try:
-            output = reward(video, cameras, [prompt], images=image, caches=[cache])
+            with time_limit(timeout):
+                output = reward(video, cameras, [prompt], images=image, caches=[cache])
             problem = output_problem(output)
+        except RewardTimeout as error:
+            problem = str(error)
         except EstimationError as error:  # escaped a plugin's own __call__: the video cannot be scored
             logger.debug("%s could not score a video (%s); using floor %.3g", reward.name, error, reward.floor)
             output, problem = RewardOutput(torch.tensor([float(reward.floor)]), torch.tensor([True])), None
@@ -285,9 +320,9 @@ def _init_worker(rewards: Sequence[Reward]) -> None:
 
 
 def _score_in_worker(
-    video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None, contain: bool
+    video: Tensor, cameras: Cameras, prompt: str, image: Tensor | None, contain: bool, timeouts: list[float | None]
 ) -> list[RewardOutput | str]:
-    return _score_one(_WORKER_REWARDS, video, cameras, prompt, image, contain)
+    return _score_one(_WORKER_REWARDS, video, cameras, prompt, image, contain, timeouts)
 
 
 class RewardSet:
@@ -301,7 +336,8 @@ class RewardSet:
     ``failed`` and ``errors``; a worker process that dies takes its videos' scores with it (every reward's
     floor and error) and the pool is started afresh at the next call. A warning names each reward the
     first time it faults, and the first time it returns NaN (not applicable) for every video of a batch,
-    which leaves it out of their totals. There is no timeout: a reward that hangs stalls the set.
+    which leaves it out of their totals. A reward that takes longer than its timeout on a video is such a
+    fault (:func:`time_limit`); without one, a reward that hangs stalls the set.
 
     Args:
         rewards: reward instances.
@@ -309,6 +345,8 @@ class RewardSet:
         num_workers: worker processes; 0 scores in this process.
         errors: ``"contain"`` (the default) or ``"raise"``: a fault raises (the reward's own exception, or a
             :class:`RewardError`), to debug a plugin.
+        timeouts: seconds each reward may take on one video, one per reward (``None`` or 0: no limit); default
+            none.
     """
 
     _pool: ProcessPoolExecutor | None = None
@@ -319,6 +357,7 @@ class RewardSet:
         weights: Sequence[float] | None = None,
         num_workers: int = 0,
         errors: str = "contain",
+        timeouts: Sequence[float | None] | None = None,
     ):
         if not rewards:
             raise ValueError("a RewardSet needs at least one reward")
@@ -332,6 +371,13 @@ class RewardSet:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if errors not in REWARD_ERRORS:
             raise ValueError(f"reward errors must be one of {REWARD_ERRORS}, got {errors!r}")
+        timeouts = [None] * len(rewards) if timeouts is None else [t or None for t in timeouts]
+        if len(timeouts) != len(rewards) or any(t is not None and not 0 < t < math.inf for t in timeouts):
+            raise ValueError(
+                f"reward timeouts must be one per reward ({len(rewards)}), each > 0 seconds or 0 for none, "
+                f"got {list(timeouts)}"
+            )
+        self.timeouts = timeouts
         self.rewards = list(rewards)
         self.weights = weights
         self.num_workers = num_workers
@@ -346,13 +392,15 @@ class RewardSet:
         reward_kwargs: dict[str, dict] | None = None,
         num_workers: int = 0,
         errors: str = "contain",
+        timeouts: Sequence[float | None] | None = None,
     ) -> RewardSet:
         """Builds a set from registry names or dotted paths; ``reward_kwargs`` maps a name to its options."""
         reward_kwargs = reward_kwargs or {}
         unknown = set(reward_kwargs) - set(names)
         if unknown:
             raise ValueError(f"reward_kwargs given for rewards not in the set: {sorted(unknown)}")
-        return cls([load_reward(n, **reward_kwargs.get(n, {})) for n in names], weights, num_workers, errors)
+        rewards = [load_reward(n, **reward_kwargs.get(n, {})) for n in names]
+        return cls(rewards, weights, num_workers, errors, timeouts)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -377,7 +425,7 @@ class RewardSet:
         if self.num_workers:
             per_video = self._score_in_workers(args)
         else:
-            per_video = [_score_one(self.rewards, *a, self.contain) for a in args]
+            per_video = [_score_one(self.rewards, *a, self.contain, self.timeouts) for a in args]
         rewards, failed, diagnostics, errors = {}, {}, {}, {}
         for k, reward in enumerate(self.rewards):
             outputs = [video_outputs[k] for video_outputs in per_video]
@@ -410,7 +458,7 @@ class RewardSet:
 
     def _score_in_workers(self, args: list[tuple]) -> list[list[RewardOutput | str]]:
         """:func:`_score_one` of each video in the pool; a video whose worker failed gets every reward's fault."""
-        futures = [self._executor().submit(_score_in_worker, *a, self.contain) for a in args]
+        futures = [self._executor().submit(_score_in_worker, *a, self.contain, self.timeouts) for a in args]
         per_video, broken = [], False
         for future in futures:
             try:

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
 from .camera import camera_centers, invert_pose  # noqa: E402
 from .errors import VideoError  # noqa: E402
 
@@ -70,20 +71,23 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
 
 
 def write_video(path: str | Path, video: Tensor, fps: float = 8.0) -> Path:
-    """Writes ``(T, 3, H, W)`` in [0, 1] as an H.264 mp4 that browsers and players open."""
+    """Writes ``(T, 3, H, W)`` in [0, 1] as an H.264 mp4 that browsers and players open, atomically
+    (:func:`~lyra_rl.atomic.atomic_write`: a crash mid-write leaves no partial video at ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     frames = (video.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    with imageio.get_writer(
-        path,
-        "ffmpeg",
-        fps=fps,
-        codec="libx264",
-        quality=8,
-        macro_block_size=1,
-        ffmpeg_log_level="error",
-        pixelformat="yuv420p",
-    ) as writer:
+    with (
+        atomic_write(path) as tmp,
+        imageio.get_writer(
+            tmp,
+            "ffmpeg",
+            fps=fps,
+            codec="libx264",
+            quality=8,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            pixelformat="yuv420p",
+        ) as writer,
+    ):
         for frame in frames:
             writer.append_data(frame)
     return path
@@ -125,7 +129,8 @@ def plot_trajectories(
     axes[0][0].set_ylabel("z (forward)", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

@@ -153,12 +153,17 @@ def test_a_folder_of_images_names_the_file_that_is_wrong(tmp_path):
         ),
         (["--reward_errors", "ignore"], "reward_errors must be one of ('contain', 'raise'), got 'ignore'"),
         (
+            ["--reward_timeouts", "30"],
+            "reward_timeouts must be one per reward (2: pose_consistency, epipolar), each >= 0 seconds (0: no "
+            "limit), got [30.0]",
+        ),
+        (
             ["--resume", "true", "--overwrite_output_dir", "true"],
             "resume and overwrite_output_dir exclude each other: continue the run or replace it",
         ),
         (["--num_frames", "16"], "num_frames must be 4k+1 with k >= 1 (the VAE compresses time 4x), got 16"),
     ],
-    ids=["save-steps", "num-generations", "reward-errors", "resume-and-overwrite", "num-frames"],
+    ids=["save-steps", "num-generations", "reward-errors", "reward-timeouts", "resume-and-overwrite", "num-frames"],
 )
 def test_recipe_config_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
     run = tmp_path / "run"

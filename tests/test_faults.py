@@ -1,10 +1,11 @@
-"""Fault injection: rewards that raise, die, return inf, NaN or the wrong shape; non-finite losses and gradients;
+"""Fault injection: rewards that raise, hang, die, return inf, NaN or the wrong shape; non-finite losses and gradients;
 checkpoints that are bad when written or corrupt when resumed."""
 
 import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,8 @@ class Faulty(VideoReward):
                 return math.inf, {"seen": 1.0}
             if self.fault == "exit":
                 os._exit(3)  # the worker process dies
+            if self.fault == "hang":
+                time.sleep(60)
         return 0.5, {"seen": 1.0}
 
 
@@ -75,18 +78,21 @@ def marked_batch(marked=(1, 3), num_videos=4):
     "reward, problem",
     [
         (Faulty("raise"), "raised RuntimeError: a bug in the plugin"),
+        (Faulty("hang"), "took longer than 0.2 s (its timeout)"),
         (Faulty("inf"), "returned an infinite reward (inf)"),
         (WrongOutput("shape"), "returned rewards of shape (2,) for one video, expected (1,)"),
         (WrongOutput("type"), "returned float, not a RewardOutput"),
     ],
-    ids=["raises", "inf", "wrong-shape", "wrong-type"],
+    ids=["raises", "hangs", "inf", "wrong-shape", "wrong-type"],
 )
 def test_a_reward_fault_scores_the_video_at_the_floor_and_is_counted(reward, problem, caplog):
     videos, cameras, prompts = marked_batch()
-    reward_set = RewardSet([Brightness(), reward])
+    reward_set = RewardSet([Brightness(), reward], timeouts=[0, 0.2])  # a limit the others never reach
+    start = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="lyra_rl.reward"):
         out = reward_set(videos, cameras, prompts)
         reward_set(videos, cameras, prompts)  # the same fault again: counted, not logged again
+    assert time.perf_counter() - start < 10  # a hang is cut at 0.2 s, four times
     assert out.rewards["faulty"].tolist() == [0.5, -1.0, 0.5, -1.0]
     assert out.errors["faulty"].tolist() == out.failed["faulty"].tolist() == [False, True, False, True]
     assert not out.errors["brightness"].any() and not out.failed["brightness"].any()
@@ -103,8 +109,12 @@ def test_reward_errors_raise_for_debugging():
         RewardSet([Faulty("raise")], errors="raise")(videos, cameras, prompts)
     with pytest.raises(RewardError, match=r"reward 'faulty' returned an infinite reward \(inf\)"):
         RewardSet([Faulty("inf")], errors="raise")(videos, cameras, prompts)
+    with pytest.raises(RewardError, match=r"reward 'faulty' took longer than 0.1 s \(its timeout\)"):
+        RewardSet([Faulty("hang")], errors="raise", timeouts=[0.1])(videos, cameras, prompts)
     with pytest.raises(ValueError, match="reward errors must be one of"):
         RewardSet([Faulty("inf")], errors="ignore")
+    with pytest.raises(ValueError, match=r"reward timeouts must be one per reward \(1\), each > 0 seconds"):
+        RewardSet([Faulty("inf")], timeouts=[1, 2])
 
 
 def test_a_reward_that_is_nan_for_every_video_is_flagged(caplog):
@@ -121,6 +131,9 @@ def test_faults_in_worker_processes_are_contained_and_a_dead_worker_is_replaced(
     videos, cameras, prompts = marked_batch()
     with RewardSet([Brightness(), Faulty("raise")], num_workers=1) as reward_set:
         out = reward_set(videos, cameras, prompts)
+    assert out.errors["faulty"].tolist() == [False, True, False, True] and not out.errors["brightness"].any()
+    with RewardSet([Brightness(), Faulty("hang")], num_workers=1, timeouts=[0, 0.2]) as reward_set:
+        out = reward_set(videos, cameras, prompts)  # cut in the worker, which goes on scoring
     assert out.errors["faulty"].tolist() == [False, True, False, True] and not out.errors["brightness"].any()
     with RewardSet([Brightness(), Faulty("exit")], num_workers=1) as reward_set:
         out = reward_set(videos, cameras, prompts)  # video 1 kills the worker: its videos lose every score

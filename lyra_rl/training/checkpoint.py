@@ -1,4 +1,5 @@
-"""Checkpoints of a training run: atomic folders ``checkpoint-<step>`` and the random number generators.
+"""Checkpoints of a training run: atomic folders ``checkpoint-<step>``, the rolling ``last-step-<step>``, and the
+random number generators.
 
 A checkpoint folder holds the trained weights as the policy saves them (Wan: ``pytorch_lora_weights.safetensors``
 as diffusers loads it and ``camera_modules.safetensors``) and ``trainer_state.pt``: the optimizer and
@@ -6,6 +7,10 @@ learning-rate schedule, the step, the logged history, the torch/numpy/python RNG
 written into a temporary folder, read back and checked (:func:`verify_checkpoint`), then renamed, so a crash or
 a bad write leaves the last complete checkpoint the latest one; ``--resume`` skips a checkpoint that does not
 load, with a warning, for the one before it.
+
+Between the ``save_steps`` checkpoints, ``save_last_step`` writes the same state after every step as
+``last-step-<step>`` and then deletes the one before it, so a run killed at any moment keeps every completed
+step; a ``checkpoint-<step>`` removes the rolling states of the steps before it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ TRAINER_STATE = "trainer_state.pt"
 #: What :meth:`~lyra_rl.training.Trainer.save_checkpoint` writes into ``trainer_state.pt`` and resuming reads.
 TRAINER_STATE_KEYS = ("optimizer", "lr_scheduler", "step", "history", "rng")
 #: What a run writes into its ``output_dir`` (glob patterns): a fresh run refuses a folder holding any of them.
-RUN_OUTPUTS = ("checkpoint-*", ".tmp-checkpoint-*", "logs", "samples", "evaluation", "*_curve.png")
-_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
+RUN_OUTPUTS = ("checkpoint-*", "last-step-*", ".tmp-*", "logs", "samples", "evaluation", "*_curve.png")
+#: A checkpoint's folder name: ``checkpoint-<step>`` (every ``save_steps``) or ``last-step-<step>`` (rolling).
+CHECKPOINT_NAME = re.compile(r"(checkpoint|last-step)-(\d+)")
 
 
 class CheckpointError(InputError):
@@ -51,11 +57,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None]) -> Path:
-    """Runs ``write(folder)`` on a temporary folder, checks what it wrote (:func:`verify_checkpoint`), then
-    renames it ``output_dir/checkpoint-<step>``. A check that fails removes the temporary folder and raises a
-    ``RuntimeError`` naming the file (a fault of the run, not of its input): the latest checkpoint stays as it was."""
-    final, tmp = output_dir / f"checkpoint-{step}", output_dir / f".tmp-checkpoint-{step}"
+def write_checkpoint(output_dir: Path, name: str, write: Callable[[Path], None]) -> Path:
+    """Runs ``write(folder)`` on a temporary folder, checks what it wrote (:func:`verify_checkpoint`), renames it
+    ``output_dir/<name>`` (:data:`CHECKPOINT_NAME`), then deletes the rolling ``last-step-*`` of earlier steps.
+    A check that fails removes the temporary folder and raises a ``RuntimeError`` naming the file (a fault of the
+    run, not of its input): the latest checkpoint stays as it was."""
+    step = checkpoint_step(Path(name))
+    final, tmp = output_dir / name, output_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
@@ -66,7 +74,15 @@ def write_checkpoint(output_dir: Path, step: int, write: Callable[[Path], None])
         raise RuntimeError(f"{error}: checkpoint not written") from error
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    for previous in output_dir.glob("last-step-*"):
+        if CHECKPOINT_NAME.fullmatch(previous.name) and checkpoint_step(previous) < step:
+            shutil.rmtree(previous, ignore_errors=True)
     return final
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a folder named as :data:`CHECKPOINT_NAME` says."""
+    return int(CHECKPOINT_NAME.fullmatch(checkpoint.name).group(2))
 
 
 def _first_non_finite(state: Any, path: str = "") -> str | None:
@@ -117,18 +133,18 @@ def read_trainer_state(checkpoint: Path) -> dict:
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The checkpoint folders of ``output_dir`` that hold a training state, highest step first (temporary
-    folders of a crash are ignored; whether they load is :func:`verify_checkpoint`'s question)."""
+    """The checkpoint folders of ``output_dir`` (``checkpoint-*`` and ``last-step-*``) that hold a training state,
+    highest step first, a ``checkpoint-<step>`` before a ``last-step-<step>`` (temporary folders of a crash are
+    ignored; whether they load is :func:`verify_checkpoint`'s question)."""
     checkpoints = [
-        p
-        for p in Path(output_dir).glob("checkpoint-*")
-        if _CHECKPOINT_NAME.fullmatch(p.name) and (p / TRAINER_STATE).is_file()
+        p for p in Path(output_dir).glob("*-*") if CHECKPOINT_NAME.fullmatch(p.name) and (p / TRAINER_STATE).is_file()
     ]
-    return sorted(checkpoints, key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    return sorted(checkpoints, key=lambda p: (checkpoint_step(p), p.name.startswith("checkpoint")), reverse=True)
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step (temporary folders of a crash are ignored)."""
+    """The complete checkpoint (or rolling last-step state) with the highest step (temporary folders of a crash
+    are ignored)."""
     return next(iter(complete_checkpoints(output_dir)), None)
 
 

@@ -52,7 +52,7 @@ def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_step
 class RewardConfig:
     """The reward set that scores rollouts and held-out samples.
 
-    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers, reward_errors.
+    > Rewards: rewards, reward_weights, reward_kwargs, reward_workers, reward_errors, reward_timeouts.
     """
 
     rewards: list[str] = field(
@@ -71,6 +71,13 @@ class RewardConfig:
             "gets the reward's floor, counted in errors/<name>) or 'raise' (to debug a plugin)."
         },
     )
+    reward_timeouts: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Seconds each reward may take on one video, one per reward (0: no limit); a reward over its "
+            "limit scores that video at its floor, counted in errors/<name>. Default: no limits."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_kwargs, str):
@@ -80,10 +87,23 @@ class RewardConfig:
                 raise ValueError(f"reward_kwargs is not JSON: {error}") from error
         if self.reward_errors not in REWARD_ERRORS:
             raise ValueError(f"reward_errors must be one of {REWARD_ERRORS}, got {self.reward_errors!r}")
+        timeouts = self.reward_timeouts
+        if timeouts is not None and (
+            len(timeouts) != len(self.rewards) or not all(0 <= t < math.inf for t in timeouts)
+        ):
+            raise ValueError(
+                f"reward_timeouts must be one per reward ({len(self.rewards)}: {', '.join(self.rewards)}), each "
+                f">= 0 seconds (0: no limit), got {timeouts}"
+            )
 
     def reward_set(self) -> RewardSet:
         return RewardSet.from_names(
-            self.rewards, self.reward_weights, self.reward_kwargs, self.reward_workers, self.reward_errors
+            self.rewards,
+            self.reward_weights,
+            self.reward_kwargs,
+            self.reward_workers,
+            self.reward_errors,
+            self.reward_timeouts,
         )
 
 
@@ -96,7 +116,7 @@ class TrainingConfig:
       shift, guidance_scale, negative_prompt.
     > Optimisation: learning_rate, weight_decay, lr_scheduler_type, warmup_steps, max_grad_norm, max_steps, seed,
       mixed_precision, train_micro_batch_size.
-    > Output: output_dir, logging_steps, save_steps, resume, overwrite_output_dir.
+    > Output: output_dir, logging_steps, save_steps, save_last_step, resume, overwrite_output_dir.
     """
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Run folder: checkpoints, logs, samples."})
@@ -185,6 +205,13 @@ class TrainingConfig:
     )
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every N steps."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (and at the end)."})
+    save_last_step: bool = field(
+        default=True,
+        metadata={
+            "help": "Between checkpoints, keep the state after the last step (last-step-<step>, replaced every step) "
+            "so that a crash loses at most the step in flight."
+        },
+    )
     resume: bool = field(
         default=False,
         metadata={

@@ -20,6 +20,7 @@ from accelerate.utils import gather_object
 from torch import Tensor
 from torch.profiler import record_function
 
+from ..atomic import atomic_write
 from ..reward import RewardSetOutput
 
 #: ``name -> [(value, share of the local batch), ...]``, one pair per micro-batch (and trained step).
@@ -108,7 +109,7 @@ class Curve(NamedTuple):
 
 
 def plot_curves(history: list[dict[str, float]], path: Path, curve: Curve) -> Path:
-    """``curve``'s metrics of ``history`` as a PNG at ``path``."""
+    """``curve``'s metrics of ``history`` as a PNG at ``path``, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,6 +127,7 @@ def plot_curves(history: list[dict[str, float]], path: Path, curve: Curve) -> Pa
     ax.set_ylabel(curve.label)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path

@@ -258,6 +258,8 @@ class Trainer:
                     logged.update(evaluation)
                     tensorboard.add(evaluation, self.step)
                 self.save_checkpoint()
+            elif config.save_last_step:
+                self.save_checkpoint(f"last-step-{self.step}")
         progress.close()
         tensorboard.close()
         if main and self.history:
@@ -419,11 +421,13 @@ class Trainer:
         load_trained_weights(self.policy.trained_parameters(), state, self.backend.load_tensor)
         self.backend.after_weights_loaded()
 
-    def save_checkpoint(self) -> Path:
-        """Writes ``checkpoint-<step>`` atomically (``lyra_rl.training.checkpoint``): the trained weights as the
-        policy saves them and the training state, all whole, so a run resumes on any number of processes."""
+    def save_checkpoint(self, name: str | None = None) -> Path:
+        """Writes ``name`` (default ``checkpoint-<step>``; the rolling state is ``last-step-<step>``) atomically
+        (``lyra_rl.training.checkpoint``): the trained weights as the policy saves them and the training state, all
+        whole, so a run resumes on any number of processes."""
         trained, optimizer = self.trained_state_dict(), self.backend.optimizer_state_dict()  # collectives
-        final = self.output_dir / f"checkpoint-{self.step}"
+        name = name or f"checkpoint-{self.step}"
+        final = self.output_dir / name
         if self.accelerator.is_main_process:
 
             def write(folder: Path) -> None:
@@ -440,7 +444,7 @@ class Trainer:
                     folder / TRAINER_STATE,
                 )
 
-            write_checkpoint(self.output_dir, self.step, write)
+            write_checkpoint(self.output_dir, name, write)
         self.accelerator.wait_for_everyone()
         return final
 
