@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
+from .orphans import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ _WORKER_REWARDS: Sequence[Reward] = ()
 
 def _init_worker(rewards: Sequence[Reward]) -> None:
     global _WORKER_REWARDS
+    die_with_parent()  # a killed trainer takes its workers with it
     torch.set_num_threads(1)
     try:
         import cv2

@@ -13,6 +13,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from lyra_rl.errors import InputError
+from lyra_rl.orphans import exit_with_launcher
 from lyra_rl.training import (
     DPOConfig,
     GRPOConfig,
@@ -125,8 +126,10 @@ def main(
     Bad input exits with status 2 and one line ``PROG: error: ...`` on stderr, no traceback: a ``ValueError`` or
     ``FileNotFoundError`` raised before training starts (configs, their ranges, the output folder, rewards,
     conditions, weights files), or an :class:`~lyra_rl.errors.InputError` raised after (no checkpoint of
-    ``--resume`` loads). Any other exception during training keeps its traceback.
+    ``--resume`` loads). Any other exception during training keeps its traceback. Started by ``accelerate
+    launch`` (or torchrun), the process exits when its launcher dies (:func:`~lyra_rl.orphans.exit_with_launcher`).
     """
+    exit_with_launcher()
     try:
         trainer = build_trainer(trainer_class, *parse_configs(config_class, args))
     except (ValueError, FileNotFoundError) as error:

@@ -1,10 +1,12 @@
 """A run killed with SIGKILL at any moment (mid-step, mid-checkpoint, mid-sample) resumes with ``--resume`` to the
-weights of a run never interrupted, redoing only the step that was in flight and leaving no partial output."""
+weights of a run never interrupted, redoing only the step that was in flight and leaving no partial output; the
+processes it started (under a killed launcher, or its reward workers) do not live on."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,11 @@ import torch
 from grpo_helpers import make_trainer
 from safetensors.torch import load_file
 
+from lyra_rl.orphans import is_launcher
 from lyra_rl.training import latest_checkpoint
 from lyra_rl.video import probe_video
 
+ROOT = Path(__file__).resolve().parents[1]
 #: Four steps, a checkpoint and a sample after step 2 and step 4, the rolling state after steps 1 and 3.
 RUN = dict(
     conditions_per_step=1, num_generations=2, num_sampling_steps=2, max_steps=4, save_steps=2, eval_conditions=1
@@ -99,3 +103,78 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == outputs
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-2-0.mp4", "step-4-0.mp4"]
     assert all(probe_video(path) == frames for path in (tmp_path / "samples").iterdir())
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def wait_until(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_launchers_are_told_from_shells():
+    assert is_launcher(["/venv/bin/python", "/venv/bin/accelerate", "launch", "recipes/grpo.py"])
+    assert is_launcher(["/usr/bin/python3", "-m", "torch.distributed.run", "--nproc_per_node", "2", "x.py"])
+    assert is_launcher(["torchrun", "x.py"])
+    assert not is_launcher(["/bin/bash"]) and not is_launcher(["nohup", "python", "recipes/grpo.py"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_training_process_exits_when_its_launcher_is_killed(tmp_path):
+    """``accelerate launch`` killed with SIGKILL: its training process (which would train on alone) follows."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    recipe, config = ROOT / "recipes" / "grpo.py", ROOT / "recipes" / "configs" / "grpo_tiny.yaml"
+    command = [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1"]
+    command += ["--mixed_precision", "no", "--dynamo_backend", "no", str(recipe), "--config", str(config)]
+    command += ["--output_dir", str(tmp_path / "run"), "--max_steps", "10000", "--save_steps", "10000"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: (tmp_path / "run" / "logs").is_dir(), 120)  # training has started
+        (worker,) = children(launcher.pid)
+        launcher.kill()
+        launcher.wait()
+        assert wait_until(lambda: not alive(worker), 30)
+    finally:
+        launcher.kill()
+        for pid in children(launcher.pid) if alive(launcher.pid) else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_reward_workers_exit_when_their_trainer_is_killed(tmp_path):
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from grpo_helpers import Brightness\n"
+        "from test_faults import marked_batch\n"
+        "from lyra_rl.reward import RewardSet\n"
+        "rewards = RewardSet([Brightness()], num_workers=1)\n"
+        "rewards(*marked_batch())\n"
+        "print(*rewards._pool._processes, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    trainer = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in trainer.stdout.readline().split()]
+        assert workers and all(alive(pid) for pid in workers)
+        trainer.kill()
+        trainer.wait()
+        assert wait_until(lambda: not any(alive(pid) for pid in workers), 30)
+    finally:
+        trainer.kill()
