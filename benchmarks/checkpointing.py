@@ -11,7 +11,7 @@ guard (issue 13's goal: at most 1.02x).
   same without the time its up-front checks took (every video decoded once by ffmpeg, every commanded path
   loaded and checked), at the main job's size and at the GPU recipe's (33 frames of 240x416).
 
-    python benchmarks/checkpointing.py --quick   # about 2 minutes (the full run: 10 steps, 24 videos)
+    python benchmarks/checkpointing.py --quick   # about 4 minutes (the full run: 10 steps, 16 videos per size)
 
 The last line is ``rolling_state_ratio=X validation_ratio=Y evaluate_check_ratio=Z``.
 """

@@ -26,3 +26,8 @@ class TrajectoryError(ValueError):
 class IntrinsicsError(ValueError):
     """A field of view or pinhole intrinsics no camera has: non-finite, a focal length <= 0, a field of view
     outside (0, 180) degrees."""
+
+
+class WeightsError(ValueError):
+    """A weights file (``--dit_path``, ``--wan_model_path``, a checkpoint) that does not load, or whose tensors do
+    not fit the model: names the file and what is wrong with it."""

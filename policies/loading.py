@@ -27,6 +27,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import UMT5Config, UMT5EncoderModel
 
+from lyra_rl.errors import WeightsError
+
 from .prompts import WanTokenizer
 
 WAN_T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -52,7 +54,13 @@ SHIPPED_DITS = {"embedded": Path(__file__).parent / "embedded" / "diffusion_pyto
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from one ``.safetensors`` file, a ``.ckpt``/``.pth``/``.bin`` pickle (tensors only),
-    or every ``*.safetensors`` shard in a folder. Nested ``state_dict``/``module`` wrappers are unwrapped."""
+    or every ``*.safetensors`` shard in a folder. Nested ``state_dict``/``module`` wrappers are unwrapped.
+
+    Raises:
+        FileNotFoundError: no such file, or a folder without shards.
+        WeightsError: a file that does not load (empty, truncated, not the format its suffix says, a pickle
+            of code) or holds no mapping of names to tensors; the message names the file.
+    """
     path = Path(path)
     if path.is_dir():
         shards = sorted(path.glob("*.safetensors"))
@@ -60,16 +68,22 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise FileNotFoundError(f"no .safetensors files in {path}")
         state: dict[str, Tensor] = {}
         for shard in shards:
-            state.update(load_file(shard))
+            state.update(read_state_dict(shard))
         return state
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: does not load (an empty file)")
+    try:
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, "cpu", weights_only=True)
+    except Exception as error:
+        detail = " ".join(str(error).split()[:30])
+        raise WeightsError(f"{path}: does not load ({type(error).__name__}: {detail})") from error
     for wrapper in ("state_dict", "module"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a mapping of names to tensors")
     return state
 
 
@@ -84,8 +98,8 @@ def load_strict(
     module: nn.Module, state: dict[str, Tensor], what: str, allow_missing: tuple[str, ...] = (), assign: bool = False
 ) -> None:
     """Loads ``state`` into ``module``; any unexpected key, or missing key not matching ``allow_missing``,
-    is one ``KeyError`` naming them (and the shape mismatches, if any). ``assign`` takes the tensors as they
-    are (for a module built on the meta device)."""
+    is one :class:`~lyra_rl.errors.WeightsError` naming them (and the shape mismatches, if any). ``assign``
+    takes the tensors as they are (for a module built on the meta device)."""
     expected = module.state_dict()
     missing = sorted(k for k in expected if k not in state and not any(p in k for p in allow_missing))
     unexpected = sorted(k for k in state if k not in expected)
@@ -104,7 +118,7 @@ def load_strict(
             f"unexpected keys: {show(unexpected)}" if unexpected else "",
             f"shape mismatches: {show(mismatched)}" if mismatched else "",
         ]
-        raise KeyError(f"{what} does not match the model: " + "; ".join(p for p in problems if p))
+        raise WeightsError(f"{what} does not match the model: " + "; ".join(p for p in problems if p))
     module.load_state_dict(state, strict=False, assign=assign)
 
 

@@ -28,7 +28,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.loaders import WanLoraLoaderMixin
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.distributed.fsdp import fully_shard
 from transformers import UMT5Config, UMT5EncoderModel
@@ -38,6 +38,7 @@ from lyra_rl.camera import Cameras, relative_to_first
 from .camera_dit import CAMERA_LAYOUTS, CameraConditionedWan, camera_features
 from .codecs import WAN_VAE_STRIDES, SpaceToDepthCodec, check_wan_vae_video_size
 from .dense_camera import dense_in_channels, downscale_intrinsics, plucker_rays, warp_first_frame
+from .loading import read_state_dict
 from .prompts import ByteTokenizer, embed_prompts
 
 __all__ = [
@@ -297,16 +298,17 @@ class WanCameraPolicy(nn.Module):
 
     @staticmethod
     def read_trained_weights(directory: str | Path) -> dict[str, Tensor]:
-        """What :meth:`save_trained_weights` wrote to ``directory``."""
+        """What :meth:`save_trained_weights` wrote to ``directory`` (a file that does not load is a
+        :class:`~lyra_rl.errors.WeightsError` naming it)."""
         directory = Path(directory)
         if (directory / DIT_WEIGHTS).is_file():
-            return {f"transformer.{k}": v for k, v in load_file(directory / DIT_WEIGHTS).items()}
+            return {f"transformer.{k}": v for k, v in read_state_dict(directory / DIT_WEIGHTS).items()}
         files = [directory / name for name in (LORA_WEIGHTS, CAMERA_WEIGHTS) if (directory / name).is_file()]
         if not files:
             raise FileNotFoundError(
                 f"no trained weights in {directory}: expected {LORA_WEIGHTS}, {CAMERA_WEIGHTS} or {DIT_WEIGHTS}"
             )
-        return {key: value for file in files for key, value in load_file(file).items()}
+        return {key: value for file in files for key, value in read_state_dict(file).items()}
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:

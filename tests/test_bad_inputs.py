@@ -354,3 +354,31 @@ def test_evaluate_checks_every_video_and_path_before_any_work(videos, tmp_path, 
         "--fov: the field of view must be in (0, 180) degrees, got 200.0"
     )
     assert not out.exists()
+
+
+def test_weights_files_that_do_not_load_or_fit_are_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    from safetensors.torch import save_file
+
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights")
+    torch.save([1, 2], tmp_path / "list.pth")
+    save_file({"foo": torch.zeros(1)}, tmp_path / "other.safetensors")
+    run = tmp_path / "run"
+    for file, message in [
+        ("missing.safetensors", f"no checkpoint at {tmp_path / 'missing.safetensors'}"),
+        ("empty.ckpt", f"{tmp_path / 'empty.ckpt'}: does not load (an empty file)"),
+        ("junk.safetensors", f"{tmp_path / 'junk.safetensors'}: does not load (SafetensorError: "),
+        ("list.pth", f"{tmp_path / 'list.pth'}: holds a list, not a mapping of names to tensors"),
+        ("other.safetensors", f"DiT weights {tmp_path / 'other.safetensors'} does not match the model: missing "),
+    ]:
+        args = ["--config", str(TINY), "--output_dir", str(run), "--dit_path", str(tmp_path / file)]
+        assert recipe_error(capsys, monkeypatch, args).startswith(message), file
+        assert not run.exists()
+    assert recipe_error(capsys, monkeypatch, args).endswith("; unexpected keys: foo")
+    checkpoint = tmp_path / "checkpoint-1"
+    checkpoint.mkdir()
+    (checkpoint / "pytorch_lora_weights.safetensors").write_bytes(b"\0" * 7)
+    out = tmp_path / "evaluation"
+    error = cli_error(capsys, ["evaluate", "--config", TINY, "--checkpoint", checkpoint, "--out", out])
+    assert error.startswith(f"{checkpoint / 'pytorch_lora_weights.safetensors'}: does not load (SafetensorError: ")
+    assert not out.exists()

@@ -143,16 +143,19 @@ def test_the_training_process_exits_when_its_launcher_is_killed(tmp_path):
     command += ["--output_dir", str(tmp_path / "run"), "--max_steps", "10000", "--save_steps", "10000"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
     try:
         assert wait_until(lambda: (tmp_path / "run" / "logs").is_dir(), 120)  # training has started
-        (worker,) = children(launcher.pid)
+        workers = children(launcher.pid)
+        assert len(workers) == 1
         launcher.kill()
         launcher.wait()
-        assert wait_until(lambda: not alive(worker), 30)
+        assert wait_until(lambda: not alive(workers[0]), 30)
     finally:
         launcher.kill()
-        for pid in children(launcher.pid) if alive(launcher.pid) else []:
-            os.kill(pid, signal.SIGKILL)
+        for pid in workers + (children(launcher.pid) if alive(launcher.pid) else []):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -170,6 +173,7 @@ def test_reward_workers_exit_when_their_trainer_is_killed(tmp_path):
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     trainer = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+    workers = []
     try:
         workers = [int(pid) for pid in trainer.stdout.readline().split()]
         assert workers and all(alive(pid) for pid in workers)
@@ -178,3 +182,6 @@ def test_reward_workers_exit_when_their_trainer_is_killed(tmp_path):
         assert wait_until(lambda: not any(alive(pid) for pid in workers), 30)
     finally:
         trainer.kill()
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
+from lyra_rl.errors import WeightsError
 from policies.loading import load_pretrained, load_vae
 from policies.wan_camera import WanCameraPolicy
 
@@ -193,12 +194,12 @@ def test_missing_and_unexpected_keys_are_named(source, tmp_path):
     state["blocks.0.lora_magic.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.ckpt")
     with pytest.raises(
-        KeyError, match=r"missing keys: blocks\.1\.attn1\.to_q\.weight.*unexpected keys: blocks\.0\.lora_magic"
+        WeightsError, match=r"missing keys: blocks\.1\.attn1\.to_q\.weight.*unexpected keys: blocks\.0\.lora_magic"
     ):
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "broken.ckpt")
     base_only = tmp_path / "base.ckpt"
     torch.save(original_keys(base_state(source)), base_only)
-    with pytest.raises(KeyError, match="cam_encoder"):  # a --dit_path must carry the camera modules
+    with pytest.raises(WeightsError, match="cam_encoder"):  # a --dit_path must carry the camera modules
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=base_only)
     with pytest.raises(FileNotFoundError, match="neither a diffusers folder"):
         load_pretrained(WanCameraPolicy.from_config("tiny"), tmp_path / "nowhere")
