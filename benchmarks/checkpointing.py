@@ -13,7 +13,8 @@ guard (issue 13's goal: at most 1.02x).
 
     python benchmarks/checkpointing.py --quick   # about 4 minutes (the full run: 10 steps, 16 videos per size)
 
-The last line is ``rolling_state_ratio=X validation_ratio=Y evaluate_check_ratio=Z``.
+The last line is
+``rolling_state_ratio=X validation_ratio=Y evaluate_check_ratio_9x64x96=Z evaluate_check_ratio_33x240x416=W``.
 """
 
 from __future__ import annotations
