@@ -3,6 +3,7 @@
 lyra-rl score VIDEO --direction forward [--fov 70 | --intrinsics fx fy cx cy] [--rewards ...]
 lyra-rl evaluate FOLDER --out DIR [--direction forward] [--references DIR]   # camera metrics and rewards
 lyra-rl evaluate --config RECIPE.yaml [--checkpoint DIR] --out DIR [--num-conditions N] [--seeds 0 1 2]  # a model
+lyra-rl infer --condition_image IMG --direction left --prompt "..." [--config embedded]  # generate (recipes/infer.py)
 lyra-rl compare BEFORE.json AFTER.json    # two evaluations side by side, with deltas
 lyra-rl rewards                       # list the registered reward plugins
 lyra-rl plot-presets OUT.png          # the presets drawn from above
@@ -61,6 +62,29 @@ def _accepts(reward_name: str, option: str) -> bool:
     return any(p.name == option or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+def reward_rows(out, index: int = 0) -> dict[str, dict[str, float]]:
+    """Video ``index`` of a :class:`~lyra_rl.reward.RewardSet`'s output: reward name -> its ``reward``,
+    ``failed`` and diagnostics."""
+    rows = {
+        name: {"reward": float(out.rewards[name][index]), "failed": bool(out.failed[name][index])}
+        for name in out.rewards
+    }
+    for key, value in out.diagnostics.items():
+        name, _, diag = key.partition("/")
+        rows[name][diag] = float(value[index])
+    return rows
+
+
+def print_reward_table(rows: dict[str, dict[str, float]], total: float) -> None:
+    """:func:`reward_rows` as a table: one line per reward (its value, or FAILED), then the weighted total."""
+    print(f"{'reward':18s} {'value':>8s}  diagnostics")
+    for name, row in rows.items():
+        value = "FAILED" if row["failed"] else ("n/a" if math.isnan(row["reward"]) else f"{row['reward']:.3f}")
+        diags = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k not in ("reward", "failed"))
+        print(f"{name:18s} {value:>8s}  {diags}")
+    print(f"{'total':18s} {total:8.3f}")
+
+
 def score(args: argparse.Namespace) -> int:
     intrinsics = camera_intrinsics(args)
     if args.max_frames is not None and args.max_frames < 2:
@@ -74,10 +98,7 @@ def score(args: argparse.Namespace) -> int:
     }
     with RewardSet.from_names(args.rewards, reward_kwargs=reward_kwargs) as reward_set:
         out = reward_set(video[None], cameras, [args.prompt])
-    rows = {name: {"reward": float(out.rewards[name][0]), "failed": bool(out.failed[name][0])} for name in out.rewards}
-    for key, value in out.diagnostics.items():
-        name, _, diag = key.partition("/")
-        rows[name][diag] = float(value[0])
+    rows = reward_rows(out)
     if args.json:
         print(
             json.dumps(
@@ -87,12 +108,7 @@ def score(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"{args.video}: {num_frames} frames {width}x{height}, commanded: {args.direction}")
-    print(f"{'reward':18s} {'value':>8s}  diagnostics")
-    for name, row in rows.items():
-        value = "FAILED" if row["failed"] else ("n/a" if math.isnan(row["reward"]) else f"{row['reward']:.3f}")
-        diags = "  ".join(f"{k}={v:.3g}" for k, v in row.items() if k not in ("reward", "failed"))
-        print(f"{name:18s} {value:>8s}  {diags}")
-    print(f"{'total':18s} {float(out.total[0]):8.3f}")
+    print_reward_table(rows, float(out.total[0]))
     return 0
 
 
@@ -335,6 +351,12 @@ def make_parser() -> argparse.ArgumentParser:
         "the same noise, compared (comparison.md; videos before | after)",
     )
     p.set_defaults(run=evaluate)
+    commands.add_parser(
+        "infer",
+        help="generate a video from a first frame, a prompt and a camera path (the seed's infer_demo.py flags; "
+        "lyra-rl infer --help lists them)",
+        add_help=False,
+    )
     p = commands.add_parser("compare", help="two evaluations (before / after) side by side, with deltas")
     p.add_argument("before", type=Path, help="evaluation.json")
     p.add_argument("after", type=Path, help="evaluation.json")
@@ -360,6 +382,12 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["infer"]:  # the recipe's own parser (TrlParser over policies.inference.InferConfig)
+        from policies.inference import main as infer
+
+        infer(argv[1:])
+        return 0
     args = make_parser().parse_args(argv)
     try:
         return args.run(args)

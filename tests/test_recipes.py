@@ -32,6 +32,7 @@ def load_recipe(name):
         ("encode_prompts", "--negative_prompt"),
         ("preprocess", "--frame_stride"),
         ("score_procedural", "--num_scenes"),
+        ("infer", "--condition_image"),
     ],
 )
 def test_every_recipe_documents_its_arguments(recipe, field):
