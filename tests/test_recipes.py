@@ -33,6 +33,7 @@ def load_recipe(name):
         ("preprocess", "--frame_stride"),
         ("score_procedural", "--num_scenes"),
         ("infer", "--condition_image"),
+        ("export_lora", "--merged_dtype"),
     ],
 )
 def test_every_recipe_documents_its_arguments(recipe, field):
