@@ -218,10 +218,12 @@ def evaluate_model_command(args: argparse.Namespace) -> int:
     batch_size = 4 if args.batch_size is None else args.batch_size
     if sampling_steps < 1 or batch_size < 1:
         raise ValueError(f"--sampling-steps and --batch-size must be >= 1, got {sampling_steps} and {batch_size}")
-    if args.before_after and (args.checkpoint is None or not policy_config.lora_r):
+    if args.before_after and (args.checkpoint is None or policy_config.train_transformer):
         raise ValueError(
-            "--before-after compares LoRA adapters with the model they adapt: it needs --checkpoint and a config "
-            f"with lora_r > 0 ({args.config} has lora_r: {policy_config.lora_r})"
+            "--before-after compares trained weights with the model they started from: it needs --checkpoint and "
+            f"a config with LoRA adapters or camera modules only, Lyra's mode ({args.config} trains the whole DiT)"
+            if policy_config.train_transformer
+            else "--before-after compares trained weights with the model they started from: it needs --checkpoint"
         )
     state = checkpoint = None
     if args.checkpoint is not None:

@@ -231,12 +231,13 @@ class CameraConditionedWan(nn.Module):
             self.transformer.enable_gradient_checkpointing(_checkpoint_block_with_its_camera)
 
     def camera_parameters(self) -> Iterator[nn.Parameter]:
-        """The camera modules that act: encoders (astra: the processor and the routed expert only) and projectors
-        (dense layout: none)."""
+        """The camera modules that act: encoders (astra: the processor and the routed expert only), projectors and
+        Astra's clean-history embedder (the modules Lyra trains; dense layout: none)."""
         if self.layout == "dense":
             return
         if self.layout == "astra":
             yield from self.transformer.sekai_processor.parameters()
+            yield from self.transformer.clean_x_embedder.proj.parameters()
         for block in self.transformer.blocks:
             yield from (
                 block.moe.experts[block._lyra_expert] if self.layout == "astra" else block.cam_encoder

@@ -195,6 +195,7 @@ class WanCameraPolicy(nn.Module):
         self.offload_vae = False
         self._lora_layers: list[BaseTunerLayer] = []  # set by add_lora
         self._trains_transformer = False  # set by train_transformer
+        self._camera_reference: list[tuple[nn.Parameter, Tensor]] = []  # set by freeze: (camera weight, its start)
         self.prediction = "velocity"  # what the DiT predicts: "velocity", "sample" or "warp_residual" (PREDICTIONS)
 
     @classmethod
@@ -251,10 +252,14 @@ class WanCameraPolicy(nn.Module):
         self._lora_layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
 
     def freeze(self, train_camera: bool = True) -> None:
-        """Freezes the DiT except, if ``train_camera``, its camera modules (none in the dense layout)."""
+        """Freezes the DiT except, if ``train_camera``, its camera modules (none in the dense layout): Lyra's mode.
+        Their weights now are kept as the reference's (:meth:`adapters_disabled`)."""
         self.dit.requires_grad_(False)
         for param in self.dit.camera_parameters():
             param.requires_grad_(train_camera)
+        self._camera_reference = (
+            [(param, param.detach().clone()) for param in self.dit.camera_parameters()] if train_camera else []
+        )
 
     def train_transformer(self) -> None:
         """Full fine-tuning: every DiT weight (camera modules included) is trained, without LoRA (the embedded
@@ -313,16 +318,31 @@ class WanCameraPolicy(nn.Module):
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """The reference model: the same weights with the LoRA adapters switched off (layer by layer over the
-        layers :meth:`add_lora` found: diffusers' ``disable_adapters`` walks every module, at each reference pass)."""
-        if not self._lora_layers:
-            raise ValueError("the policy has no LoRA adapters to disable: call add_lora first")
-        for layer in self._lora_layers:
-            layer.enable_adapters(False)
+        layers :meth:`add_lora` found: diffusers' ``disable_adapters`` walks every module, at each reference pass);
+        in Lyra's mode (no LoRA, camera modules trained: :meth:`freeze`) the camera modules at the weights they had
+        when frozen, swapped in for the block (a copy of the camera modules only, on their device)."""
+        if self._lora_layers:
+            for layer in self._lora_layers:
+                layer.enable_adapters(False)
+            try:
+                yield
+            finally:
+                for layer in self._lora_layers:
+                    layer.enable_adapters(True)
+            return
+        if not self._camera_reference:
+            raise ValueError(
+                "the policy has no reference model: add LoRA adapters (add_lora) or train its camera modules only "
+                "(freeze(train_camera=True))"
+            )
+        trained = [param.data for param, _ in self._camera_reference]
+        for param, start in self._camera_reference:
+            param.data = start
         try:
             yield
         finally:
-            for layer in self._lora_layers:
-                layer.enable_adapters(True)
+            for (param, _), data in zip(self._camera_reference, trained):
+                param.data = data
 
     def place(
         self, device: torch.device | str, dtype: torch.dtype = torch.float32, offload_vae: bool = False
@@ -335,6 +355,7 @@ class WanCameraPolicy(nn.Module):
         cached yet."""
         keep = set(self.transformer._keep_in_fp32_modules or ())
         self.dit.to(device)
+        self._camera_reference = [(param, start.to(device)) for param, start in self._camera_reference]
         self.offload_vae = offload_vae
         self.vae.to("cpu" if offload_vae else device)
         for name, param in self.dit.named_parameters():
@@ -346,6 +367,11 @@ class WanCameraPolicy(nn.Module):
         """Shards every DiT block (its base, LoRA and camera weights) over the processes of the default process
         group with FSDP2's ``fully_shard`` (see ``lyra_rl.training.fsdp``); embedders, head, Astra's processor and the
         VAE stay whole on every process. Call after :meth:`place` and before building the optimizer."""
+        if self._camera_reference:
+            raise ValueError(
+                "Lyra's mode (camera modules trained, no LoRA) keeps its reference camera weights whole: train it "
+                "with DDP (recipes/configs/accelerate_ddp.yaml), not sharded"
+            )
         for block in self.transformer.blocks:
             fully_shard(block, reshard_after_forward=reshard_after_forward)
 

@@ -91,8 +91,8 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
 
 
 def test_dpo_needs_a_reference(tmp_path):
-    with pytest.raises(ValueError, match="no LoRA adapters"):
-        make_dpo_trainer(tmp_path, lora_r=0)
+    with pytest.raises(ValueError, match="no reference model"):
+        make_dpo_trainer(tmp_path, lora_r=0, train_transformer=True)  # the whole DiT trained: nothing to compare with
 
 
 @pytest.mark.parametrize(

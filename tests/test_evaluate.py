@@ -196,7 +196,11 @@ def test_evaluate_model_mode_checks_its_inputs(tiny_config, tmp_path, capsys):
         "--sampling-steps and --batch-size must be >= 1": ["--config", config, "--sampling-steps", "0"],
         "--direction does not apply to --config": ["--config", config, "--direction", "left"],
         "--seeds does not apply to a folder": [str(empty), "--seeds", "1"],
-        "--before-after compares LoRA adapters": ["--config", config, "--before-after"],
+        "--before-after compares trained weights with the model they started from: it needs --checkpoint": [
+            "--config",
+            config,
+            "--before-after",
+        ],
     }
     for message, args in cases.items():
         assert main(["evaluate", "--out", str(out), *args]) == 2, message

@@ -178,7 +178,7 @@ def test_precomputed_prompts_then_grpo_without_the_text_encoder(tmp_path, monkey
     assert "checkpoint-1/" in printed and "could not score" not in printed  # brightness never fails
 
 
-@pytest.mark.parametrize("name", ["grpo_tiny", "grpo_embedded", "grpo_wan2.1-1.3b"])
+@pytest.mark.parametrize("name", ["grpo_tiny", "grpo_embedded", "grpo_wan2.1-1.3b", "grpo_lyra"])
 def test_grpo_configs_parse(name):
     from lyra_rl.training import GRPOConfig
     from policies.training import parse_configs

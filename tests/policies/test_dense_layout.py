@@ -297,7 +297,7 @@ class TestEmbeddedPolicy:
             assert torch.equal(policy.velocity(latents, t, cond), expected)
 
     def test_full_fine_tuning_and_lora_exclude_each_other(self, embedded):
-        with pytest.raises(ValueError, match="no LoRA adapters to disable"):
+        with pytest.raises(ValueError, match="no reference model"):
             with embedded.adapters_disabled():
                 pass
         embedded.train_transformer()
