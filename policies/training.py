@@ -67,7 +67,7 @@ def check_inputs(trainer_class: type[Trainer], reward_config: RewardConfig, conf
     every condition (:meth:`Trainer.condition_source`: a manifest's every entry, a folder's every clip).
     Raises ``ValueError`` or ``FileNotFoundError`` naming the input."""
     check_output_dir(config.output_dir, config.resume, config.overwrite_output_dir)
-    if trainer_class.needs_rewards and not reward_config.rewards:
+    if trainer_class.requires_rewards(config) and not reward_config.rewards:
         raise ValueError(
             f"{trainer_class.name} needs rewards to rank its rollouts: set rewards (e.g. --rewards pose_consistency)"
         )

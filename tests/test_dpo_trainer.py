@@ -54,11 +54,11 @@ def test_dpo_starts_at_log_2_pairs_on_shared_noise_and_raises_the_held_out_rewar
 def test_the_pair_noise_depends_on_the_pair_and_the_step_only(tmp_path):
     trainer = make_dpo_trainer(tmp_path)
     ids = torch.tensor([5, 5, 5, 5, 6, 6, 6, 6])
-    noise, t = trainer.pair_noise_and_timesteps(ids, torch.tensor([[1, 2], [4, 7]]))
-    alone, t_alone = trainer.pair_noise_and_timesteps(ids[4:], torch.tensor([[0, 3]]))  # the same pair elsewhere
+    noise, t = trainer.pair_noise_and_timesteps(ids, torch.tensor([[1, 2], [4, 7]]), 4)
+    alone, t_alone = trainer.pair_noise_and_timesteps(ids[4:], torch.tensor([[0, 3]]), 4)  # the same pair elsewhere
     assert torch.equal(noise[1], alone[0]) and t[1] == t_alone[0] and not torch.equal(noise[0], noise[1])
     trainer.step += 1
-    assert not torch.equal(trainer.pair_noise_and_timesteps(ids, torch.tensor([[1, 2]]))[0][0], noise[0])
+    assert not torch.equal(trainer.pair_noise_and_timesteps(ids, torch.tensor([[1, 2]]), 4)[0][0], noise[0])
 
 
 def test_pairs_without_a_margin_leave_the_policy_unchanged(tmp_path):
@@ -116,3 +116,85 @@ def test_micro_batches_give_the_whole_batch_gradient(tmp_path):
     assert max(float(g.abs().max()) for g in whole) > 0
     for a, b in zip(whole, parts, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def write_pairs(folder, num_pairs: int = 2, num_frames: int = 9):
+    """A manifest of preference pairs: each winner the true render of a procedural scene along its preset, each
+    loser its first frame frozen (the video a 3D reward ranks last)."""
+    import json
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    from lyra_rl.data.conditions import procedural_conditions
+    from lyra_rl.video import write_video
+
+    batch = procedural_conditions(3, list(range(num_pairs)), num_frames, 32, 48, videos=True)
+    lines = []
+    for k in range(num_pairs):
+        iio.imwrite(
+            folder / f"image-{k}.png", (batch.images[k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        )
+        write_video(folder / f"winner-{k}.mp4", batch.videos[k])
+        write_video(folder / f"loser-{k}.mp4", batch.videos[k][:1].expand_as(batch.videos[k]))
+        direction = ["left", "forward"][k % 2]
+        lines.append(
+            {"image": f"image-{k}.png", "prompt": batch.prompts[k], "direction": direction,
+             "winner": f"winner-{k}.mp4", "loser": f"loser-{k}.mp4"}
+        )  # fmt: skip
+    manifest = folder / "pairs.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def test_offline_dpo_learns_the_manifest_preferences(tmp_path):
+    """From a manifest the test writes: no rollouts and no rewards; each video encoded once; the first loss is
+    log 2; after training, on noise and times it never trained on, the policy prefers every winner to its
+    loser relative to the reference (a positive implicit margin)."""
+    from lyra_rl.algorithms.dpo import flow_dpo_loss, velocity_errors
+    from lyra_rl.data.preference_pairs import pair_batch, read_preference_pairs
+
+    manifest = write_pairs(tmp_path)
+    trainer = make_online_trainer(
+        DPOTrainer, DPOConfig, tmp_path / "run", pairs=str(manifest), conditions_per_step=1, eval_conditions=0,
+        learning_rate=3e-3,
+    )  # fmt: skip
+    encoded = []
+    encode = trainer.policy.generated_latents
+    trainer.policy.generated_latents = lambda videos: encoded.append(len(videos)) or encode(videos)
+    history = [trainer.train_step() for _ in range(8)]
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-7) and history[0]["pairs"] == 1
+    assert "reward/total" not in history[0] and "reward_margin" not in history[0]
+    assert sum(encoded) == 4  # 2 pairs x (winner, loser), over 8 steps
+    assert history[-1]["loss"] < math.log(2)
+    pairs = read_preference_pairs(manifest, 9)
+    batch, winners, losers = pair_batch(pairs, [0, 1], 9, 32, 48)
+    samples = torch.cat([trainer.pair_latents(winners), trainer.pair_latents(losers)])
+    cond, _ = trainer.policy_conditions(batch)
+    cond = cond[torch.tensor([0, 1, 0, 1])]
+    generator = torch.Generator().manual_seed(1234)
+    for _ in range(4):  # fresh noise and times
+        eps = torch.randn(2, *samples.shape[1:], generator=generator).repeat(2, 1, 1, 1, 1)
+        t = torch.rand(2, generator=generator).repeat(2) * 0.8 + 0.1
+        x_t, target = noised_sample(samples, eps, t)
+        with torch.no_grad():
+            errors = velocity_errors(trainer.policy.velocity(x_t, t, cond), target)
+            with trainer.policy.adapters_disabled():
+                reference = velocity_errors(trainer.policy.velocity(x_t, t, cond), target)
+        _, margins = flow_dpo_loss(errors[:2], errors[2:], reference[:2], reference[2:], 100.0, torch.ones(2))
+        assert (margins > 0).all(), margins
+
+
+def test_bad_pairs_are_named_before_anything_is_built(tmp_path):
+    from lyra_rl.data.preference_pairs import read_preference_pairs
+
+    manifest = write_pairs(tmp_path)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text(lines[0] + "\n" + lines[1].replace("loser-1.mp4", "missing.mp4") + "\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: loser video .*missing.mp4 does not exist"):
+        read_preference_pairs(manifest, 9)
+    manifest.write_text(lines[0] + "\n")
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: winner video .* has 9 frames; the run's num_frames is 13"):
+        read_preference_pairs(manifest, 13)
+    with pytest.raises(ValueError, match="pairs.jsonl:1: .* has 9 frames"):
+        make_dpo_trainer(tmp_path / "run", pairs=str(manifest), num_frames=13)

@@ -173,7 +173,7 @@ def direction_problem(direction: str) -> str | None:
     return None
 
 
-def _manifest_entry(source: Path, number: int, line: str) -> ConditionEntry | str:
+def manifest_entry(source: Path, number: int, line: str) -> ConditionEntry | str:
     """Line ``number`` of a JSONL manifest as an entry, or what is wrong with it as ``FILE:LINE: ...``."""
     where = f"{source}:{number}"
     try:
@@ -234,7 +234,7 @@ def read_conditions(source: str | Path) -> list[ConditionEntry]:
         if not source.is_file():
             raise FileNotFoundError(f"{source}: no such conditions manifest")
         lines = source.read_text().split("\n")  # not splitlines(): its other separators would shift the numbers
-        entries = [_manifest_entry(source, n, line) for n, line in enumerate(lines, 1) if line.strip()]
+        entries = [manifest_entry(source, n, line) for n, line in enumerate(lines, 1) if line.strip()]
     elif source.is_dir():
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         entries = [_folder_entry(image, k) for k, image in enumerate(images)]

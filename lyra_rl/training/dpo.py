@@ -1,11 +1,14 @@
-"""Online Flow-DPO of a video policy under Accelerate (Diffusion-DPO with the flow-matching velocity target).
+"""Flow-DPO of a video policy under Accelerate (Diffusion-DPO with the flow-matching velocity target), online or
+from a manifest of preference pairs.
 
-One step: conditions -> ``num_generations`` ODE rollouts of each (:func:`~lyra_rl.training.groups.ode_groups`;
+Online, one step: conditions -> ``num_generations`` ODE rollouts of each (:func:`~lyra_rl.training.groups.ode_groups`;
 DPO needs only clean samples) -> decode -> rewards -> (winner, loser) pairs within each group, best against
 worst or every two rollouts, a pair kept where their rewards differ by more than ``min_reward_margin`` ->
 for each pair one time ``t`` and one noise ``eps`` for winner and loser alike, the policy's velocity and the
 adapter-disabled reference's (no grad) on both noised samples, Flow-DPO's loss -> an optimizer step of the
-backend. The math lives in ``lyra_rl.algorithms.dpo``; the machinery in :class:`Trainer`.
+backend. Offline (``pairs``: :mod:`lyra_rl.data.preference_pairs`), one step takes ``conditions_per_step`` pairs
+of the manifest in turn, their winner and loser videos encoded once and cached, and updates the same way. The
+math lives in ``lyra_rl.algorithms.dpo``; the machinery in :class:`Trainer`.
 
 Every group gives the same number of candidate pairs whatever its rewards (a pair left out has weight 0), so
 every process runs the same passes (sharded weights need it) and the loss is the mean over the pairs kept on
@@ -16,16 +19,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..algorithms.dpo import candidate_pairs, flow_dpo_loss, velocity_errors
 from ..algorithms.sft import noised_sample, shifted_timesteps
+from ..data.conditions import ConditionSource
+from ..data.preference_pairs import pair_batch, read_clip, read_preference_pairs
 from ..rollout import micro_batches
 from .config import TrainingConfig
-from .groups import ScoredGroups, ode_groups
-from .metrics import reward_metrics, timed_phase
+from .groups import ode_groups
+from .metrics import Curve, reward_metrics, timed_phase
 from .trainer import Trainer, seeded
 
 #: How the pairs of a group are chosen.
@@ -37,7 +43,7 @@ class DPOConfig(TrainingConfig):
     """Online Flow-DPO's arguments beside :class:`TrainingConfig`'s.
 
     > Sampling: num_generations (rollouts per condition), num_sampling_steps (ODE).
-    > Pairs: pair_selection, min_reward_margin.
+    > Pairs: pair_selection, min_reward_margin (online); pairs (offline: a manifest).
     > Loss: beta.
     """
 
@@ -57,6 +63,13 @@ class DPOConfig(TrainingConfig):
     )
     min_reward_margin: float = field(
         default=0.0, metadata={"help": "Pairs whose rewards differ by no more than this are left out."}
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Offline DPO: a JSONL of preference pairs, {image, prompt, direction, winner, loser} per line "
+            "(videos; no rollouts, rewards only for the held-out evaluation)."
+        },
     )
     beta: float = field(
         default=100.0,
@@ -79,24 +92,43 @@ class DPOConfig(TrainingConfig):
 
 
 class DPOTrainer(Trainer):
-    """Runs :class:`DPOConfig` on a policy with LoRA adapters (its reference: the adapters disabled) and a
-    reward set."""
+    """Runs :class:`DPOConfig` on a policy with a reference (LoRA adapters, or camera modules only) and a reward
+    set (offline: a manifest of pairs; rewards, if any, score the held-out samples)."""
 
     name = "DPO"
     needs_rewards = True
 
+    @classmethod
+    def requires_rewards(cls, config: DPOConfig) -> bool:
+        return config.pairs is None
+
+    @classmethod
+    def condition_source(cls, config: DPOConfig) -> ConditionSource:
+        if config.pairs is not None:  # checked whole before anything is built, as conditions are
+            read_preference_pairs(config.pairs, config.num_frames)
+        return super().condition_source(config)
+
     def __init__(self, config: DPOConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        with self.policy.adapters_disabled():  # the reference: a policy without LoRA fails here, before any rollout
+        with self.policy.adapters_disabled():  # the reference: a policy without one fails here, before any rollout
             pass
+        self.preference_pairs = (
+            None if config.pairs is None else read_preference_pairs(config.pairs, config.num_frames)
+        )
+        self._pair_latents: dict[Path, torch.Tensor] = {}  # video -> its latents (CPU): each encoded once
+        if self.preference_pairs:  # no rollout rewards to plot: the loss, and held-out rewards where there are some
+            self.curve = Curve("loss_curve.png", "loss", "Flow-DPO loss", "eval/reward/total")
 
     def samples_per_process(self) -> int:
-        return self.config.conditions_per_step * self.config.num_generations
+        return self.config.conditions_per_step * (2 if self.config.pairs else self.config.num_generations)
 
     def progress_postfix(self, logged: dict[str, float]) -> dict[str, str]:
-        return {"reward": f"{logged['reward/total']:.3f}", "margin": f"{logged['margin']:.2e}"}
+        reward = {} if self.preference_pairs else {"reward": f"{logged['reward/total']:.3f}"}
+        return {**reward, "margin": f"{logged['margin']:.2e}"}
 
     def training_step(self) -> dict[str, float]:
+        if self.preference_pairs:
+            return self.offline_step()
         config, accelerator = self.config, self.accelerator
         timings: dict[str, float] = {}
         rollouts = ode_groups(self, config.num_generations, config.num_sampling_steps, timings)
@@ -105,7 +137,8 @@ class DPOTrainer(Trainer):
         )
         kept = reward_margins > config.min_reward_margin  # False where a reward is NaN
         with timed_phase("update", timings):
-            logged = self.update(rollouts, pairs, kept, reward_margins)
+            noise, t = self.pair_noise_and_timesteps(rollouts.group.ids, pairs, config.num_generations)
+            logged = self.update(rollouts.samples, rollouts.cond, noise, t, pairs, kept, reward_margins)
             grad_norm = self.optimizer_step()
         return {
             **logged,
@@ -114,11 +147,40 @@ class DPOTrainer(Trainer):
             **reward_metrics(accelerator, rollouts.scores, rollouts.rewards),
         }
 
-    def pair_noise_and_timesteps(self, ids: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise ``(P, C, T', H', W')`` and times ``(P,)`` of each pair (rows of a group whose condition ids are
-        ``ids``), shared by its winner and loser, from the seed, the step, the condition's global index and the
-        pair's rollouts only (times drawn with the sampler's shifted schedule, as SFT's)."""
-        group_size = self.config.num_generations
+    def pair_latents(self, videos: list[Path]) -> torch.Tensor:
+        """The generated latents ``(B, C, T', H', W')`` of the manifest's videos, encoded once and cached."""
+        config = self.config
+        for path in dict.fromkeys(v for v in videos if v not in self._pair_latents):
+            clip = read_clip(path, config.num_frames, config.height, config.width)[None]
+            with torch.no_grad():
+                self._pair_latents[path] = self.policy.generated_latents(clip.to(self.accelerator.device))[0].cpu()
+        return torch.stack([self._pair_latents[v] for v in videos]).to(self.accelerator.device)
+
+    def offline_step(self) -> dict[str, float]:
+        """A step on the manifest's pairs of this process (:meth:`step_indices`, in turn): each condition's winner
+        and loser in a row, updated as online pairs are."""
+        config, timings = self.config, {}
+        with timed_phase("encode", timings):
+            batch, winners, losers = pair_batch(
+                self.preference_pairs, self.step_indices(), config.num_frames, config.height, config.width
+            )
+            samples = torch.stack([self.pair_latents(winners), self.pair_latents(losers)], dim=1).flatten(0, 1)
+            cond, _ = self.policy_conditions(batch, repeats=2)
+        rows = torch.arange(2 * len(winners)).view(-1, 2)  # (winner, loser) rows of each pair
+        with timed_phase("update", timings):
+            noise, t = self.pair_noise_and_timesteps(batch.ids.repeat_interleave(2), rows, 2)
+            kept, margins = torch.ones(len(rows), dtype=torch.bool), torch.full((len(rows),), math.nan)
+            logged = self.update(samples, cond, noise, t, rows, kept, margins)
+            grad_norm = self.optimizer_step()
+        logged.pop("reward_margin")  # a manifest's pairs have no rewards
+        return {**logged, **timings, "grad_norm": float(grad_norm)}
+
+    def pair_noise_and_timesteps(
+        self, ids: torch.Tensor, pairs: torch.Tensor, group_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``(P, C, T', H', W')`` and times ``(P,)`` of each pair (rows of groups of ``group_size`` whose
+        condition ids are ``ids``), shared by its winner and loser, from the seed, the step, the condition's global
+        index and the pair's rows in their group only (times drawn with the sampler's shifted schedule, as SFT's)."""
         generators = [
             seeded(self.config.seed, 8, self.step, int(ids[w]), int(w) % group_size, int(lo) % group_size)
             for w, lo in pairs.tolist()
@@ -128,9 +190,17 @@ class DPOTrainer(Trainer):
         return noise, t
 
     def update(
-        self, rollouts: ScoredGroups, pairs: torch.Tensor, kept: torch.Tensor, reward_margins: torch.Tensor
+        self,
+        samples: torch.Tensor,
+        cond,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        pairs: torch.Tensor,
+        kept: torch.Tensor,
+        reward_margins: torch.Tensor,
     ) -> dict[str, float]:
-        """Flow-DPO over the candidate ``pairs (P, 2)``, those not ``kept`` at weight 0, in micro-batches of
+        """Flow-DPO over the candidate ``pairs (P, 2)`` (rows of ``samples`` and their conditions ``cond``), each
+        noised with its ``noise`` and time ``t``, those not ``kept`` at weight 0, in micro-batches of
         ``train_micro_batch_size // 2`` pairs (a winner and a loser each); gradients accumulated. Returns the
         means over the pairs kept on every process: ``loss``, ``margin`` (the implicit reward margin),
         ``implicit_accuracy`` (share with a positive margin), ``reward_margin``, and their number, ``pairs``."""
@@ -138,19 +208,18 @@ class DPOTrainer(Trainer):
         total_kept = float(accelerator.reduce(kept.sum().float()[None].to(device), "sum"))
         # the backends average gradients over the processes: each process's share of the global mean
         weights = kept.float().to(device) * accelerator.num_processes / max(total_kept, 1.0)
-        noise, t = self.pair_noise_and_timesteps(rollouts.group.ids, pairs)
         noise, t = noise.to(device), t.to(device)
         margins = torch.zeros(len(pairs), device=device)
         size = None if config.train_micro_batch_size is None else max(1, config.train_micro_batch_size // 2)
         for part in micro_batches(len(pairs), size):
             rows = torch.cat([pairs[part, 0], pairs[part, 1]])  # winners, then losers
             times, eps = torch.cat([t[part]] * 2), torch.cat([noise[part]] * 2)  # the same for both
-            x_t, target = noised_sample(rollouts.samples[rows.to(device)], eps, times)
-            cond = rollouts.cond[rows]
+            x_t, target = noised_sample(samples[rows.to(device)], eps, times)
+            pair_cond = cond[rows]
             with self.autocast():
-                errors = velocity_errors(policy.velocity(x_t, times, cond), target)
+                errors = velocity_errors(policy.velocity(x_t, times, pair_cond), target)
             with torch.no_grad(), policy.adapters_disabled(), self.autocast():
-                reference = velocity_errors(policy.velocity(x_t, times, cond), target)
+                reference = velocity_errors(policy.velocity(x_t, times, pair_cond), target)
             n = part.stop - part.start
             loss, margins[part] = flow_dpo_loss(
                 errors[:n], errors[n:], reference[:n], reference[n:], config.beta, weights[part]

@@ -107,7 +107,7 @@ class Trainer:
         accelerator: Accelerator | None = None,
         recorded_configs: Sequence = (),
     ):
-        if self.needs_rewards and reward_set is None:
+        if self.requires_rewards(config) and reward_set is None:
             raise ValueError(
                 f"{self.name} needs rewards to rank its rollouts: set rewards (e.g. --rewards pose_consistency)"
             )
@@ -137,6 +137,11 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient norm
         self._non_finite_loss = False  # since the last optimizer step, on this process
+
+    @classmethod
+    def requires_rewards(cls, config: TrainingConfig) -> bool:
+        """Whether a run of ``config`` needs a reward set (:attr:`needs_rewards`, unless the algorithm says)."""
+        return cls.needs_rewards
 
     @classmethod
     def condition_source(cls, config: TrainingConfig) -> ConditionSource:
