@@ -33,3 +33,16 @@ def test_the_main_job_benchmark_prints_its_table_and_last_line(tmp_path):
     assert re.fullmatch(r"rot_err_drop=-?\d+\.\d{3} sampson_drop=-?\d+\.\d{3}", lines[-1]), lines[-1]
     assert "3 held-out videos: training seeds [0] x sampling seeds [0, 1, 2]" in out.stdout
     assert any(line.startswith("| `rot_err_deg` |") for line in lines)
+
+
+def test_the_algorithms_benchmark_compares_all_three_and_prints_the_speedups():
+    """One step of each algorithm on one condition: the table has a row per algorithm (GRPO's speedup is 1 by
+    definition) and the last line is ``nft_speedup=X dpo_speedup=Y``."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "algorithms.py"), "--quick", "--steps", "1"]
+    command += ["--conditions", "1", "--generations", "2", "--sampling-steps", "2", "--eval-conditions", "1"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"nft_speedup=-?(\d+\.\d\d|nan|inf) dpo_speedup=-?(\d+\.\d\d|nan|inf)", lines[-1]), lines[-1]
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines if line.startswith("| ")}
+    assert {"grpo", "dpo", "nft"} <= rows.keys()
