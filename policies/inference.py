@@ -23,10 +23,12 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders import WanLoraLoaderMixin
+from safetensors import safe_open
 from trl import TrlParser
 
 from lyra_rl.cli import DEFAULT_REWARDS, print_reward_table, reward_rows
 from lyra_rl.data.conditions import ConditionEntry, direction_problem, image_problem, user_conditions
+from lyra_rl.errors import WeightsError
 from lyra_rl.reward import RewardSet, resolve_reward_class
 from lyra_rl.rollout import ode_sample
 from lyra_rl.training import latest_checkpoint
@@ -139,11 +141,24 @@ def parse_lora(spec: str) -> tuple[Path, float]:
     return Path(spec), 1.0
 
 
+#: What the keys of a LoRA file hold, in diffusers', peft's and Wan's original key names.
+LORA_KEY_PARTS = (".lora_A.", ".lora_B.", ".lora_down.", ".lora_up.")
+
+
 def lora_files(path: Path) -> tuple[Path | None, Path | None]:
     """The LoRA file and camera-module file of a ``--lora`` path (either may be ``None``, not both): a
     ``.safetensors`` file, or a folder holding :data:`LORA_WEIGHTS` / :data:`CAMERA_WEIGHTS` (a training
     checkpoint or an export), or a run folder (its last checkpoint)."""
     if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"--lora {path}: expected a .safetensors LoRA file or a folder")
+        try:
+            with safe_open(path, "pt") as file:
+                keys = list(file.keys())
+        except Exception as error:
+            raise WeightsError(f"--lora {path}: does not load ({type(error).__name__}: {error})") from error
+        if not any(part in key for key in keys for part in LORA_KEY_PARTS):
+            raise ValueError(f"--lora {path}: holds no LoRA weights (a whole DiT? pass it as --dit_path)")
         return path, None
     if not path.is_dir():
         raise FileNotFoundError(f"--lora {path}: no such file or folder")

@@ -9,6 +9,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from lyra_rl.camera import Cameras, default_intrinsics, trajectory_preset
 from lyra_rl.video import read_video
@@ -101,10 +102,13 @@ def test_config_names_a_model_and_lora_takes_a_scale():
         (["--rewards", "no_such_reward"], "no_such_reward"),
         (["--policy", "wan2.1-1.3b", "--height", "480"], "wan2.1-1.3b needs weights"),
         (["--policy", "tiny", "--dit_path", "junk.ckpt"], "junk.ckpt"),
+        (["--lora", "dit.safetensors"], "--lora dit.safetensors: holds no LoRA weights (a whole DiT?"),
+        (["--lora", "junk.ckpt"], "--lora junk.ckpt: expected a .safetensors LoRA file or a folder"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, image, args, message):
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    save_file({"blocks.0.attn1.to_q.weight": torch.zeros(2, 2)}, tmp_path / "dit.safetensors")
     base = ["--policy", "tiny", "--num_frames", "5", "--height", "32", "--width", "48", "--score", "true"]
     base += ["--condition_image", str(image), "--output_path", "out.mp4"]
     result = subprocess.run(
