@@ -13,7 +13,8 @@ Compute is counted two ways: wall-clock seconds of the training steps, and polic
 through ``velocity``: rollouts, the update, reference passes). The table gives each algorithm's held-out gain at
 the budgets every algorithm reached (interpolated between steps), and its gain per unit of compute over its whole
 run; the speedup is that rate divided by GRPO's (1: as much held-out reward per forward pass as GRPO; the
-wall-clock ratio beside it). The last line gives the forward-pass speedups.
+wall-clock ratio beside it; NaN if GRPO gained nothing, and a GRPO that lost reward makes them negative). The
+last line gives the forward-pass speedups.
 
     python benchmarks/algorithms.py --quick   # < 10 minutes on 2 cores; last line: nft_speedup=X dpo_speedup=Y
 """
@@ -100,6 +101,11 @@ def run(name: str, args: argparse.Namespace, seed: int) -> dict[str, np.ndarray]
     return {"seconds": np.array(seconds), "passes": np.array(forwards, float), "reward": np.array(reward)}
 
 
+def ratio(a: float, b: float) -> float:
+    """``a / b``, NaN where GRPO's rate ``b`` is 0 (a speedup over nothing is not a number)."""
+    return a / b if b else float("nan")
+
+
 def gain_at(curve: dict[str, np.ndarray], axis: str, budget: float) -> float:
     """Held-out reward gained (over the start) once ``budget`` of ``axis`` is spent, interpolated between steps."""
     return float(np.interp(budget, curve[axis], curve["reward"]) - curve["reward"][0])
@@ -143,11 +149,11 @@ def main() -> None:
         cells += [f"{mean(name, lambda c: c['reward'][k]):.4f}" for k in (0, -1)]
         cells += [f"{mean(name, lambda c: gain_at(c, axis, budgets[axis])):+.4f}" for axis in AXES]
         cells += [f"{1000 * rate(name, 'passes'):+.4f}"]
-        cells += [f"{rate(name, axis) / rate('grpo', axis):.2f}" for axis in ("passes", "seconds")]
+        cells += [f"{ratio(rate(name, axis), rate('grpo', axis)):.2f}" for axis in ("passes", "seconds")]
         print("| " + " | ".join(cells) + " |")
     print(
-        f"nft_speedup={rate('nft', 'passes') / rate('grpo', 'passes'):.2f} "
-        f"dpo_speedup={rate('dpo', 'passes') / rate('grpo', 'passes'):.2f}"
+        f"nft_speedup={ratio(rate('nft', 'passes'), rate('grpo', 'passes')):.2f} "
+        f"dpo_speedup={ratio(rate('dpo', 'passes'), rate('grpo', 'passes')):.2f}"
     )
 
 

@@ -13,7 +13,8 @@ Formats (the README's Export table says which loader and test proves each):
     - ``wan``: ``wan_lora.safetensors``, ``diffusion_model.`` + Wan's names with each module's ``alpha``
       (ComfyUI, DiffSynth-Studio; diffusers converts it too);
     - ``merged``: ``merged/diffusion_pytorch_model.safetensors``, the whole DiT with the LoRA added in and the
-      camera modules (a ``--dit_path`` file); ``merged_wan``: the same in Wan's names (the seed's layout);
+      camera modules (a ``--dit_path`` file); ``merged_wan``: the same in Wan's names, as safetensors and as the
+      ``.ckpt`` the seed's ``torch.load`` reads;
     - the trained camera modules beside them: ``camera_modules.safetensors``, named as the seed's checkpoints
       name them (``blocks.N.cam_encoder.weight``).
 """

@@ -72,8 +72,8 @@ class InferConfig:
     policy: str = field(
         default="wan2.1-1.3b",
         metadata={
-            "help": "Model: 'wan2.1-1.3b' (needs --wan_model_path or --dit_path), 'embedded' (the world model that "
-            "ships with the package) or 'tiny' (random weights, for trying the command); also --config NAME."
+            "help": "Model (also --config NAME): 'wan2.1-1.3b' (needs --wan_model_path or --dit_path), 'embedded' "
+            "(the world model that ships with the package) or 'tiny' (random weights, for trying the command)."
         },
     )
     camera_layout: str | None = field(
@@ -91,8 +91,9 @@ class InferConfig:
     lora: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "LoRA adapters, PATH[:SCALE] each (scale 1 by default): a training checkpoint or run folder "
-            "(its camera modules too), an exported folder or a .safetensors file in diffusers' or Wan's key names."
+            "help": "LoRA adapters after one --lora, PATH[:SCALE] each (scale 1 by default; camera modules beside a "
+            "LoRA load whole, unscaled): a training checkpoint or run folder, an exported folder, or a .safetensors "
+            "file in diffusers' or Wan's key names."
         },
     )
     num_frames: int | None = field(default=None, metadata={"help": "Frames (4k+1 with Wan's VAE)."})
@@ -104,6 +105,10 @@ class InferConfig:
     negative_prompt: str = field(default="", metadata={"help": "The negative prompt of guidance."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial noise."})
     fps: float = field(default=16.0, metadata={"help": "Frame rate of the mp4."})
+    device: str = field(
+        default="auto",
+        metadata={"help": "Where to generate: 'auto' (cuda if there is one, with bf16 DiT weights), 'cuda', 'cpu'."},
+    )
     score: bool = field(default=False, metadata={"help": "Print the reward table of the generated video."})
     rewards: list[str] = field(
         default_factory=lambda: list(DEFAULT_REWARDS), metadata={"help": "The rewards --score prints."}
@@ -117,6 +122,13 @@ class InferConfig:
                 setattr(self, name, value)
         if self.policy == "embedded" and self.dit_path is None:
             self.dit_path = "embedded"
+
+    @property
+    def resolved_device(self) -> str:
+        """``device``, ``auto`` resolved."""
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     @property
     def commanded_path(self) -> str:
@@ -189,6 +201,8 @@ def check_inputs(config: InferConfig) -> list[tuple[Path, float]]:
         WanCameraPolicy.check_video_size(config.num_frames, config.height, config.width, config.policy)
     except ValueError as error:
         raise ValueError(f"--num_frames {config.num_frames} --height {config.height} --width {config.width}: {error}")
+    if config.device not in ("auto", "cpu") and not (config.device.startswith("cuda") and torch.cuda.is_available()):
+        raise ValueError(f"--device {config.device}: expected auto, cpu or cuda[:N] on a machine with a GPU")
     if config.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be >= 1, got {config.num_inference_steps}")
     if config.policy == "wan2.1-1.3b" and config.wan_model_path is None and config.dit_path is None:
@@ -244,7 +258,8 @@ def build_inference_policy(config: InferConfig, loras: list[tuple[Path, float]])
         policy.add_prompt_embeddings(load_prompt_embeddings(config.prompt_embeddings))
     load_adapters(policy, loras)
     policy.requires_grad_(False)
-    return policy.eval()
+    device = torch.device(config.resolved_device)
+    return policy.place(device, torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
 @torch.no_grad()
@@ -254,9 +269,13 @@ def generate(policy: WanCameraPolicy, config: InferConfig):
     batch = user_conditions([entry], [0], config.num_frames, config.height, config.width)
     cond, uncond = policy_conditions(policy, batch, config.guidance_scale, config.negative_prompt)
     shape = policy.latent_shape(config.num_frames, config.height, config.width)
-    noise = torch.randn((1, *shape), generator=torch.Generator().manual_seed(config.seed))
-    latents = ode_sample(policy, cond, noise, config.num_inference_steps, config.shift, uncond, config.guidance_scale)
-    return policy.decode(latents, cond)[0].float(), batch.cameras
+    device = next(policy.parameters()).device
+    noise = torch.randn((1, *shape), generator=torch.Generator().manual_seed(config.seed)).to(device)
+    with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+        latents = ode_sample(
+            policy, cond, noise, config.num_inference_steps, config.shift, uncond, config.guidance_scale
+        )
+    return policy.decode(latents, cond)[0].float().cpu(), batch.cameras
 
 
 def infer(config: InferConfig) -> Path:

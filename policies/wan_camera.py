@@ -317,20 +317,12 @@ class WanCameraPolicy(nn.Module):
 
     @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
-        """The reference model: the same weights with the LoRA adapters switched off (layer by layer over the
-        layers :meth:`add_lora` found: diffusers' ``disable_adapters`` walks every module, at each reference pass);
-        in Lyra's mode (no LoRA, camera modules trained: :meth:`freeze`) the camera modules at the weights they had
-        when frozen, swapped in for the block (a copy of the camera modules only, on their device)."""
-        if self._lora_layers:
-            for layer in self._lora_layers:
-                layer.enable_adapters(False)
-            try:
-                yield
-            finally:
-                for layer in self._lora_layers:
-                    layer.enable_adapters(True)
-            return
-        if not self._camera_reference:
+        """The reference model: the LoRA adapters switched off (layer by layer over the layers :meth:`add_lora`
+        found: diffusers' ``disable_adapters`` walks every module, at each reference pass); camera modules trained
+        beside a LoRA stay as they are (they are not adapters). In Lyra's mode (no LoRA, camera modules trained:
+        :meth:`freeze`) the camera modules at the weights they had when frozen, swapped in for the block (one copy
+        of the camera modules, on their device)."""
+        if not (self._lora_layers or self._camera_reference):
             raise ValueError(
                 "the policy has no reference model: add LoRA adapters (add_lora) or train its camera modules only "
                 "(freeze(train_camera=True))"
@@ -338,9 +330,13 @@ class WanCameraPolicy(nn.Module):
         trained = [param.data for param, _ in self._camera_reference]
         for param, start in self._camera_reference:
             param.data = start
+        for layer in self._lora_layers:
+            layer.enable_adapters(False)
         try:
             yield
         finally:
+            for layer in self._lora_layers:
+                layer.enable_adapters(True)
             for (param, _), data in zip(self._camera_reference, trained):
                 param.data = data
 

@@ -5,7 +5,8 @@ python recipes/export_lora.py --checkpoint outputs/grpo_embedded/checkpoint-20 [
 
 The LoRA formats need only the checkpoint; the merged ones rebuild the base model the run was trained from (its
 recorded ``policy``, ``camera_layout``, ``wan_model_path``, ``dit_path`` and ``seed``, the paths overridable
-here) and add the LoRA into its weights. Writes ``export.json`` (every file and the metadata they all carry).
+here) and add the LoRA into its weights; ``merged_wan`` is also written as a ``.ckpt`` (``torch.save``), the file
+the seed's ``infer_demo.py --dit_path`` reads. Writes ``export.json`` (every file and the metadata they all carry).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lyra_rl.atomic import atomic_write
 from lyra_rl.export import PEFT_PREFIX, export_metadata, merge_lora, to_wan_keys, wan_lora, write_weights
 from lyra_rl.training import latest_checkpoint
 from lyra_rl.training.checkpoint import read_trainer_state
-from policies.loading import load_pretrained, read_state_dict
+from policies.loading import SHIPPED_DITS, load_pretrained, read_state_dict, to_diffusers_transformer_keys
 from policies.training import exit_with_error
 from policies.wan_camera import CAMERA_WEIGHTS, DIT_WEIGHTS, LORA_WEIGHTS, WanCameraPolicy
 
@@ -94,9 +95,14 @@ class TrainedWeights:
             state["step"],
         )
 
-    @property
-    def base_model(self) -> dict:
-        return {k: self.recorded.get(k) for k in ("policy", "camera_layout", "wan_model_path", "dit_path", "seed")}
+    def base_model(self, config: ExportConfig) -> dict:
+        """The model the LoRA adapts: the run's architecture and seed, its base weights (or the overriding ones)."""
+        base = {k: self.recorded.get(k) for k in ("policy", "camera_layout", "seed")}
+        return {
+            **base,
+            "wan_model_path": config.wan_model_path or self.recorded.get("wan_model_path"),
+            "dit_path": config.dit_path or self.recorded.get("dit_path"),
+        }
 
 
 def lora_config_of(lora_file: Path) -> dict:
@@ -115,12 +121,16 @@ def merged_dit(weights: TrainedWeights, config: ExportConfig) -> dict[str, torch
     if weights.dit:
         merged = weights.dit
     else:
-        r = weights.recorded
+        r, base = weights.recorded, weights.base_model(config)
         policy = WanCameraPolicy.from_config(
             r["policy"], r["seed"], r.get("camera_layout"), r.get("num_experts", 3), r.get("expert", 0)
         )
-        load_pretrained(policy, config.wan_model_path or r.get("wan_model_path"), config.dit_path or r.get("dit_path"))
-        merged = {**policy.transformer.state_dict(), **weights.camera}
+        load_pretrained(policy, base["wan_model_path"], base["dit_path"])
+        # the base DiT file's modules the policy does not build (Astra's other embedders and processors) kept
+        original = (
+            {} if base["dit_path"] is None else read_state_dict(SHIPPED_DITS.get(base["dit_path"], base["dit_path"]))
+        )
+        merged = {**to_diffusers_transformer_keys(original), **policy.transformer.state_dict(), **weights.camera}
         if weights.lora:
             scaling = weights.lora_config["lora_alpha"] / weights.lora_config["r"]
             merged = merge_lora(merged, weights.lora, scaling)
@@ -186,7 +196,7 @@ def export(config: ExportConfig) -> dict:
     checkpoint = latest_checkpoint(config.checkpoint) or Path(config.checkpoint)
     weights = TrainedWeights.read(checkpoint)
     formats = check_formats(config, weights, checkpoint)
-    metadata = export_metadata(weights.lora_config, weights.base_model, weights.recorded, weights.step)
+    metadata = export_metadata(weights.lora_config, weights.base_model(config), weights.recorded, weights.step)
     out = Path(config.output_dir or checkpoint / "export")
     written = {name: LORA_WRITERS[name](out, weights, metadata) for name in formats if name in LORA_WRITERS}
     if weights.camera:
@@ -195,8 +205,12 @@ def export(config: ExportConfig) -> dict:
         merged = merged_dit(weights, config)
         if "merged" in formats:
             written["merged"] = write_weights(out / "merged" / DIT_WEIGHTS, merged, metadata)
-        if "merged_wan" in formats:
-            written["merged_wan"] = write_weights(out / "merged_wan.safetensors", to_wan_keys(merged), metadata)
+        if "merged_wan" in formats:  # safetensors for ComfyUI and DiffSynth; a .ckpt for the seed's torch.load
+            original_names = to_wan_keys(merged)
+            written["merged_wan"] = write_weights(out / "merged_wan.safetensors", original_names, metadata)
+            with atomic_write(out / "merged_wan.ckpt") as tmp:
+                torch.save(original_names, tmp)
+            written["merged_wan_ckpt"] = out / "merged_wan.ckpt"
     record = {"checkpoint": str(checkpoint), "files": {k: str(v) for k, v in written.items()}, "metadata": metadata}
     with atomic_write(out / "export.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")

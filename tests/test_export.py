@@ -94,7 +94,9 @@ def test_the_export_is_a_lora_of_infer(exported):
     torch.testing.assert_close(velocity(build_inference_policy(config, [(out, 1.0)])), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("file", ["merged/diffusion_pytorch_model.safetensors", "merged_wan.safetensors"])
+@pytest.mark.parametrize(
+    "file", ["merged/diffusion_pytorch_model.safetensors", "merged_wan.safetensors", "merged_wan.ckpt"]
+)
 def test_merged_weights_load_as_dit_path(exported, file):
     _, expected, out, _ = exported
     policy = WanCameraPolicy.from_config("tiny", 0)  # the base model (its VAE and text encoder are the run's)
@@ -106,8 +108,20 @@ def test_merged_weights_load_as_dit_path(exported, file):
 def test_every_file_carries_the_metadata(exported):
     trained, _, out, record = exported
     recorded = torch.load(out.parent / "run" / "checkpoint-3" / TRAINER_STATE, weights_only=True)["config"]
-    assert set(record["files"]) == {"peft", "diffusers", "wan", "camera_modules", "merged", "merged_wan"}
-    for path in record["files"].values():
+    assert set(record["files"]) == {
+        "peft",
+        "diffusers",
+        "wan",
+        "camera_modules",
+        "merged",
+        "merged_wan",
+        "merged_wan_ckpt",
+    }
+    assert (
+        torch.load(record["files"]["merged_wan_ckpt"], weights_only=True).keys()
+        == load_file(record["files"]["merged_wan"]).keys()
+    )
+    for path in (p for name, p in record["files"].items() if name != "merged_wan_ckpt"):
         with safe_open(path, "pt") as file:
             metadata = file.metadata()
         assert metadata["lyra_rl.lora_rank"] == "4" and metadata["lyra_rl.lora_alpha"] == "8.0"
@@ -151,7 +165,7 @@ def test_camera_modules_only_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="holds no LoRA .* --formats peft need one"):
         export_lora.export(export_lora.ExportConfig(checkpoint=str(tmp_path / "checkpoint-2"), formats=["peft"]))
     record = export_lora.export(export_lora.ExportConfig(checkpoint=str(tmp_path / "checkpoint-2")))
-    assert set(record["files"]) == {"camera_modules", "merged", "merged_wan"}
+    assert set(record["files"]) == {"camera_modules", "merged", "merged_wan", "merged_wan_ckpt"}
     policy = WanCameraPolicy.from_config("tiny", 0)
     load_pretrained(policy, dit_path=record["files"]["merged_wan"])
     torch.testing.assert_close(velocity(policy), velocity(trained), atol=1e-5, rtol=0)

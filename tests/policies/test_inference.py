@@ -104,6 +104,7 @@ def test_config_names_a_model_and_lora_takes_a_scale():
         (["--policy", "tiny", "--dit_path", "junk.ckpt"], "junk.ckpt"),
         (["--lora", "dit.safetensors"], "--lora dit.safetensors: holds no LoRA weights (a whole DiT?"),
         (["--lora", "junk.ckpt"], "--lora junk.ckpt: expected a .safetensors LoRA file or a folder"),
+        (["--device", "tpu"], "--device tpu: expected auto, cpu or cuda"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, image, args, message):
