@@ -23,12 +23,16 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders import WanLoraLoaderMixin
+from peft import LoraConfig
+from peft.utils import CONFIG_NAME as PEFT_CONFIG
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as PEFT_WEIGHTS
 from safetensors import safe_open
 from trl import TrlParser
 
 from lyra_rl.cli import DEFAULT_REWARDS, print_reward_table, reward_rows
 from lyra_rl.data.conditions import ConditionEntry, direction_problem, image_problem, user_conditions
 from lyra_rl.errors import WeightsError
+from lyra_rl.export import PEFT_PREFIX
 from lyra_rl.reward import RewardSet, resolve_reward_class
 from lyra_rl.rollout import ode_sample
 from lyra_rl.training import latest_checkpoint
@@ -160,7 +164,7 @@ LORA_KEY_PARTS = (".lora_A.", ".lora_B.", ".lora_down.", ".lora_up.")
 def lora_files(path: Path) -> tuple[Path | None, Path | None]:
     """The LoRA file and camera-module file of a ``--lora`` path (either may be ``None``, not both): a
     ``.safetensors`` file, or a folder holding :data:`LORA_WEIGHTS` / :data:`CAMERA_WEIGHTS` (a training
-    checkpoint or an export), or a run folder (its last checkpoint)."""
+    checkpoint or an export), a peft adapter folder, or a run folder (its last checkpoint)."""
     if path.is_file():
         if path.suffix != ".safetensors":
             raise ValueError(f"--lora {path}: expected a .safetensors LoRA file or a folder")
@@ -177,7 +181,8 @@ def lora_files(path: Path) -> tuple[Path | None, Path | None]:
     folder = latest_checkpoint(path) or path
     if (folder / DIT_WEIGHTS).is_file():
         raise ValueError(f"--lora {path}: {folder / DIT_WEIGHTS} is a whole fine-tuned DiT; pass it as --dit_path")
-    lora, camera = (folder / LORA_WEIGHTS, folder / CAMERA_WEIGHTS)
+    lora = folder / (PEFT_WEIGHTS if (folder / PEFT_CONFIG).is_file() else LORA_WEIGHTS)  # peft's folder, or ours
+    camera = folder / CAMERA_WEIGHTS
     lora, camera = (lora if lora.is_file() else None), (camera if camera.is_file() else None)
     if lora is None and camera is None:
         raise FileNotFoundError(f"--lora {path}: no {LORA_WEIGHTS} or {CAMERA_WEIGHTS} in {folder}")
@@ -222,6 +227,18 @@ def check_inputs(config: InferConfig) -> list[tuple[Path, float]]:
     return loras
 
 
+def read_lora(file: Path) -> tuple[dict, dict | None]:
+    """A LoRA file's state dict keyed ``transformer.`` + diffusers' names and its rank/alpha metadata: peft's
+    ``adapter_model.safetensors`` (its ``adapter_config.json`` beside it), else by diffusers' own loader (its
+    layout, or Wan's original names converted)."""
+    config = file.with_name(PEFT_CONFIG)
+    if file.name == PEFT_WEIGHTS and config.is_file():
+        state = {f"transformer.{k.removeprefix(PEFT_PREFIX)}": v for k, v in read_state_dict(file).items()}
+        metadata = {f"transformer.{k}": v for k, v in LoraConfig.from_pretrained(file.parent).to_dict().items()}
+        return state, metadata
+    return WanLoraLoaderMixin.lora_state_dict(str(file), return_lora_metadata=True)
+
+
 def load_adapters(policy: WanCameraPolicy, loras: list[tuple[Path, float]]) -> None:
     """Adds each LoRA (diffusers' or Wan's original key names, converted by diffusers' own loader) as an adapter
     at its scale, and loads the camera modules found beside one (at most one may carry them)."""
@@ -229,7 +246,7 @@ def load_adapters(policy: WanCameraPolicy, loras: list[tuple[Path, float]]) -> N
     for index, (path, scale) in enumerate(loras):
         lora, camera = lora_files(path)
         if lora is not None:
-            state, metadata = WanLoraLoaderMixin.lora_state_dict(str(lora), return_lora_metadata=True)
+            state, metadata = read_lora(lora)
             name = f"lora_{index}"
             policy.transformer.load_lora_adapter(state, prefix="transformer", adapter_name=name, metadata=metadata)
             names.append(name)

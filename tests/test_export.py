@@ -89,9 +89,18 @@ def test_lora_reloads_with_the_diffusers_pipeline_loader(exported, file):
 
 
 def test_the_export_is_a_lora_of_infer(exported):
+    """The export folder (LoRA and camera modules) reproduces the policy; peft's folder and Wan's file, LoRA
+    only, give the same velocity as each other."""
     _, expected, out, _ = exported
     config = InferConfig(policy="tiny", num_frames=5, height=32, width=48)
     torch.testing.assert_close(velocity(build_inference_policy(config, [(out, 1.0)])), expected, atol=1e-5, rtol=0)
+    peft, wan = (
+        velocity(build_inference_policy(config, [(path, 0.5)]))
+        for path in (out / "peft", out / "wan_lora.safetensors")
+    )
+    torch.testing.assert_close(peft, wan, atol=1e-5, rtol=0)
+    base = velocity(build_inference_policy(config, []))
+    assert (peft - base).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(

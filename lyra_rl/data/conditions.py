@@ -211,6 +211,18 @@ def _folder_entry(image: Path, k: int) -> ConditionEntry | str:
     return ConditionEntry(image, prompt_file.read_text().strip(), direction)
 
 
+def checked_entries(entries: list, source: Path, what: str) -> list:
+    """The entries read from ``source``, where each bad one is what is wrong with it (a string): a
+    ``ValueError`` for the first, with how many more there are, or for none at all."""
+    problems = [entry for entry in entries if isinstance(entry, str)]
+    if problems:
+        more = f" (and {len(problems) - 1} more bad entries in {source})" if len(problems) > 1 else ""
+        raise ValueError(problems[0] + more)
+    if not entries:
+        raise ValueError(f"no {what} in {source}")
+    return entries
+
+
 def read_conditions(source: str | Path) -> list[ConditionEntry]:
     """User conditions from a JSONL manifest or a folder of images, every entry checked before any is used.
 
@@ -245,13 +257,7 @@ def read_conditions(source: str | Path) -> list[ConditionEntry]:
         )
     else:
         raise FileNotFoundError(f"conditions {source}: no such file or folder")
-    problems = [entry for entry in entries if isinstance(entry, str)]
-    if problems:
-        more = f" (and {len(problems) - 1} more bad entries in {source})" if len(problems) > 1 else ""
-        raise ValueError(problems[0] + more)
-    if not entries:
-        raise ValueError(f"no conditions in {source}")
-    return entries
+    return checked_entries(entries, source, "conditions")
 
 
 def user_conditions(

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import VideoError
 from ..video import probe_video, read_video
-from .conditions import ConditionBatch, ConditionEntry, manifest_entry, user_conditions
+from .conditions import ConditionBatch, ConditionEntry, checked_entries, manifest_entry, user_conditions
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ def read_preference_pairs(source: str | Path, num_frames: int) -> list[Preferenc
         raise FileNotFoundError(f"pairs {source}: no such manifest")
     lines = source.read_text().split("\n")
     pairs = [_pair(source, n, line, num_frames) for n, line in enumerate(lines, 1) if line.strip()]
-    problems = [pair for pair in pairs if isinstance(pair, str)]
-    if problems:
-        more = f" (and {len(problems) - 1} more bad lines in {source})" if len(problems) > 1 else ""
-        raise ValueError(problems[0] + more)
-    if not pairs:
-        raise ValueError(f"no preference pairs in {source}")
-    return pairs
+    return checked_entries(pairs, source, "preference pairs")
 
 
 def read_clip(path: Path, num_frames: int, height: int, width: int) -> Tensor:
