@@ -16,7 +16,14 @@ Convention (the only one in lyra-rl; other conventions are converted at the edge
 """
 
 from .converters import from_multicam_extrinsics, from_realestate10k, load_trajectory, opengl_to_opencv
-from .metrics import TrajectoryErrors, optimal_scale, pairwise_pose_errors, trajectory_errors
+from .metrics import (
+    LyraCameraScore,
+    TrajectoryErrors,
+    lyra_camera_score,
+    optimal_scale,
+    pairwise_pose_errors,
+    trajectory_errors,
+)
 from .poses import (
     Cameras,
     axis_angle_to_matrix,
@@ -38,6 +45,8 @@ from .poses import (
 from .trajectories import DIRECTIONS, PIVOT_DEPTH, PRESETS, get_trajectory, random_trajectory, trajectory_preset
 
 __all__ = [
+    "LyraCameraScore",
+    "lyra_camera_score",
     "DIRECTIONS",
     "PIVOT_DEPTH",
     "PRESETS",

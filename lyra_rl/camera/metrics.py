@@ -17,7 +17,14 @@ from torch import Tensor
 
 from .poses import invert_pose, relative_to_first, rotation_angle
 
-__all__ = ["TrajectoryErrors", "optimal_scale", "pairwise_pose_errors", "trajectory_errors"]
+__all__ = [
+    "LyraCameraScore",
+    "TrajectoryErrors",
+    "lyra_camera_score",
+    "optimal_scale",
+    "pairwise_pose_errors",
+    "trajectory_errors",
+]
 
 
 def pairwise_pose_errors(estimated: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,3 +100,38 @@ def trajectory_errors(estimated: Tensor, reference: Tensor) -> TrajectoryErrors:
         trans_err_scaled=float(trans_scaled),
         camera_control=control,
     )
+
+
+@dataclass
+class LyraCameraScore:
+    """Lyra's camera reward of an estimated trajectory (:func:`lyra_camera_score`) and its parts."""
+
+    score: float
+    rot_err_deg: float  # mean geodesic rotation error over the scored frames
+    trans_err: float  # mean L2 error of the centred camera centres after the least-squares scale
+    rotation_weight: float  # 0.7, or 0.3 where the commanded rotation stays below 1 degree
+
+
+def lyra_camera_score(estimated: Tensor, commanded: Tensor, stride: int = 4) -> LyraCameraScore:
+    """The camera reward of Lyra's public RL code, on ``cam_from_world`` trajectories ``(T, 4, 4)``.
+
+    Both are taken relative to frame 0 and scored on every ``stride``-th frame (Lyra's estimator sees every
+    4th). Rotation: the mean geodesic error ``e_R`` in degrees; translation: the camera centres, each
+    trajectory's centred on its mean, the estimate scaled by ``s = |sum(gt . pred)| / sum(pred^2)``, and the
+    mean L2 error ``e_t`` (in the commanded trajectory's units). The score is ``w exp(-0.25 e_R) + (1 - w)
+    exp(-20 e_t)`` with ``w = 0.7``, or ``0.3`` where the commanded rotation stays below 1 degree (then the
+    translation carries the score).
+    """
+    if estimated.shape != commanded.shape:
+        raise ValueError(f"trajectories differ in shape: {tuple(estimated.shape)} vs {tuple(commanded.shape)}")
+    est = invert_pose(relative_to_first(estimated.double()))[::stride]  # world (frame 0) from camera
+    ref = invert_pose(relative_to_first(commanded.double()))[::stride]
+    rot_err = float(torch.rad2deg(rotation_angle(est[:, :3, :3].transpose(-1, -2) @ ref[:, :3, :3])).mean())
+    pred, gt = est[:, :3, 3] - est[:, :3, 3].mean(0), ref[:, :3, 3] - ref[:, :3, 3].mean(0)
+    denom = float((pred * pred).sum())
+    scale = abs(float((gt * pred).sum())) / denom if denom > 1e-18 else 0.0
+    trans_err = float((scale * pred - gt).norm(dim=-1).mean())
+    commanded_rotation = float(torch.rad2deg(rotation_angle(ref[:, :3, :3])).max())
+    weight = 0.3 if commanded_rotation < 1.0 else 0.7
+    score = weight * math.exp(-0.25 * rot_err) + (1 - weight) * math.exp(-20 * trans_err)
+    return LyraCameraScore(score, rot_err, trans_err, weight)
