@@ -27,6 +27,7 @@ from .camera import (
     trajectory_preset,
     yaw_matrix,
 )
+from .camera.colmap import is_colmap_model, read_colmap_model
 from .data import broken
 from .data.renderer import render
 from .data.scenes import make_scene
@@ -88,14 +89,24 @@ def procedural_clips(
 def load_frames_folder(folder: str | Path) -> Clip:
     """Frames with known cameras from a folder.
 
-    Layout::
+    Layouts::
 
         folder/
             frames/000.png, 001.png, ...   (sorted by name; any format imageio reads)
             cameras.json                   {"intrinsics": [[3x3]] (one, or one per frame, pixels),
                                             "cam_from_world": [[4x4], ...] (OpenCV world-to-camera)}
+
+        folder/                            (COLMAP's: lyra_rl.camera.colmap)
+            images/...                     (the registered images, in name order)
+            sparse/0/ or sparse/           cameras.txt, images.txt (or .bin)
     """
     folder = Path(folder)
+    sparse = next((s for s in (folder / "sparse" / "0", folder / "sparse") if is_colmap_model(s)), None)
+    if sparse is not None and not (folder / "cameras.json").is_file():
+        model = read_colmap_model(sparse)
+        frames = [np.asarray(iio.imread(folder / "images" / name))[..., :3] for name in model.names]
+        video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+        return Clip(video, relative_to_first(model.cam_from_world.double()).float(), model.intrinsics, str(folder))
     paths = sorted(p for p in (folder / "frames").iterdir() if p.is_file())
     if len(paths) < 2:
         raise ValueError(f"{folder / 'frames'} needs at least 2 frames, found {len(paths)}")

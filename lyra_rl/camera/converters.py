@@ -16,6 +16,7 @@ from kornia.geometry.conversions import camtoworld_graphics_to_vision_4x4
 from torch import Tensor
 
 from ..errors import TrajectoryError
+from .colmap import read_colmap_model
 from .poses import invert_pose, relative_to_first, resample_trajectory, trajectory_problem
 
 __all__ = ["from_multicam_extrinsics", "from_realestate10k", "load_trajectory", "opengl_to_opencv"]
@@ -79,7 +80,8 @@ def load_trajectory(
           ``{"world_from_cam_opengl": [[4x4], ...]}`` (OpenGL/Blender camera-to-world);
         - MultiCamVideo ``camera_extrinsics.json`` (``{"frame0": {"cam01": "[...] [...]"}}``; ``camera``
           picks the camera);
-        - RealEstate10K / CameraCtrl ``.txt`` pose lines.
+        - RealEstate10K / CameraCtrl ``.txt`` pose lines;
+        - a COLMAP / GLOMAP sparse model folder (:mod:`lyra_rl.camera.colmap`), its images in name order.
 
     ``num_frames``, if given, is the frame count the trajectory must have; with ``resample`` a trajectory of
     another length is resampled to it (rotations slerped, centers interpolated) instead.
@@ -91,9 +93,10 @@ def load_trajectory(
         ValueError: for a file of no known format.
     """
     path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
+    if path.is_dir():
+        trajectory = read_colmap_model(path).cam_from_world.double()
+    elif path.suffix == ".json":
+        data = json.loads(path.read_text())
         if "cam_from_world" in data:
             trajectory = torch.tensor(data["cam_from_world"], dtype=torch.float64)
         elif "world_from_cam_opengl" in data:
@@ -105,7 +108,7 @@ def load_trajectory(
                 f"{path}: unknown trajectory JSON; expected 'cam_from_world', 'world_from_cam_opengl' or 'frameN' keys"
             )
     else:
-        trajectory, _ = from_realestate10k(text.splitlines(), height=1, width=1)
+        trajectory, _ = from_realestate10k(path.read_text().splitlines(), height=1, width=1)
     problem = trajectory_problem(trajectory)
     if problem:
         raise TrajectoryError(f"trajectory {path} {problem}")

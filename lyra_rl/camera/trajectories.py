@@ -168,6 +168,6 @@ def get_trajectory(direction_or_path: str, num_frames: int, resample: bool = Fal
     ``(T, 4, 4)``."""
     if direction_or_path in PRESETS:
         return trajectory_preset(direction_or_path, num_frames, **preset_kwargs)
-    if Path(direction_or_path).is_file():
+    if Path(direction_or_path).exists():  # a file, or a COLMAP model folder
         return load_trajectory(direction_or_path, num_frames, resample=resample)
     raise ValueError(f"{direction_or_path!r} is neither a direction ({', '.join(PRESETS)}) nor a trajectory file")

@@ -162,7 +162,7 @@ def direction_problem(direction: str) -> str | None:
     file that loads as a camera path (:class:`~lyra_rl.errors.TrajectoryError`)."""
     if direction in PRESETS:
         return None
-    if not Path(direction).is_file():
+    if not Path(direction).exists():
         return f"direction {direction!r} is neither a preset ({', '.join(PRESETS)}) nor a trajectory file"
     try:
         load_trajectory(direction)
