@@ -2,7 +2,7 @@
 argument for argument, plus LoRA adapters at a scale (``recipes/infer.py``, ``lyra-rl infer``).
 
 python recipes/infer.py --dit_path ../models/Astra/checkpoints/diffusion_pytorch_model.ckpt \\
-    --wan_model_path ../models/Wan-AI/Wan2.1-T2V-1.3B --camera_layout astra \\
+    --wan_model_path ../models/Wan-AI/Wan2.1-T2V-1.3B \\
     --condition_image garden_1.png --direction forward_left --prompt "A sunlit European street ..." \\
     --output_path output.mp4 [--lora outputs/grpo/checkpoint-100:0.8 ...] [--score true]
 lyra-rl infer --config embedded --condition_image room.png --direction left --prompt "a room"
@@ -39,7 +39,7 @@ from lyra_rl.training import latest_checkpoint
 from lyra_rl.training.trainer import policy_conditions
 from lyra_rl.video import plot_trajectories, write_video
 
-from .loading import load_pretrained, read_state_dict
+from .loading import camera_layout_of, load_pretrained, read_state_dict
 from .training import exit_with_error
 from .wan_camera import CAMERA_WEIGHTS, DIT_WEIGHTS, LORA_WEIGHTS, TRANSFORMER_CONFIGS, WanCameraPolicy
 
@@ -265,7 +265,10 @@ def load_adapters(policy: WanCameraPolicy, loras: list[tuple[Path, float]]) -> N
 
 def build_inference_policy(config: InferConfig, loras: list[tuple[Path, float]]) -> WanCameraPolicy:
     """The named model with its weights, prompt embeddings and adapters, frozen, in evaluation mode."""
-    policy = WanCameraPolicy.from_config(config.policy, config.seed, config.camera_layout)
+    layout = config.camera_layout
+    if layout is None and config.dit_path not in (None, "embedded"):
+        layout = camera_layout_of(config.dit_path)  # Astra's checkpoint is built as Astra, as the seed does
+    policy = WanCameraPolicy.from_config(config.policy, config.seed, layout)
     if config.policy == "tiny" and config.dit_path is None:
         print("infer: the tiny model has random weights (it shows that the command runs)", file=sys.stderr)
     load_pretrained(policy, config.wan_model_path, config.dit_path, text_encoder=config.prompt_embeddings is None)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import UMT5Config, UMT5EncoderModel
@@ -85,6 +86,31 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path}: holds a {type(state).__name__}, not a mapping of names to tensors")
     return state
+
+
+def checkpoint_keys(path: str | Path) -> list[str]:
+    """The tensor names of a weights file without reading its tensors (safetensors' header; a pickle memory-mapped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with safe_open(path, "pt") as file:
+            return list(file.keys())
+    state = torch.load(path, "cpu", weights_only=True, mmap=True)
+    for wrapper in ("state_dict", "module"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return list(state) if isinstance(state, dict) else []
+
+
+def camera_layout_of(path: str | Path) -> str | None:
+    """The camera layout a fine-tuned DiT file was trained in: ``astra`` (its mixture of experts), ``recammaster``
+    (per-block ``cam_encoder``), or ``None`` (neither: no camera modules, or a file that does not load)."""
+    try:
+        keys = checkpoint_keys(path)
+    except Exception:
+        return None  # load_pretrained names what is wrong with the file
+    if any(".moe.experts." in key for key in keys):
+        return "astra"
+    return "recammaster" if any(".cam_encoder." in key for key in keys) else None
 
 
 def to_diffusers_transformer_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -231,6 +231,17 @@ def test_astra_checkpoint_with_its_unused_modules_loads(tmp_path):
     torch.testing.assert_close(velocity(target)[0], velocity(source)[0])
     with pytest.raises(ValueError, match="camera_layout='astra'"):
         load_pretrained(WanCameraPolicy.from_config("tiny"), dit_path=tmp_path / "astra.ckpt")
+    # infer reads the layout from the file, as the seed's command gives none
+    from policies.inference import InferConfig, build_inference_policy
+    from policies.loading import camera_layout_of
+
+    assert camera_layout_of(tmp_path / "astra.ckpt") == "astra"
+    config = InferConfig(policy="tiny", dit_path=str(tmp_path / "astra.ckpt"), num_frames=5, height=32, width=48)
+    assert build_inference_policy(config, []).dit.layout == "astra"
+    torch.save(original_keys(WanCameraPolicy.from_config("tiny").transformer.state_dict()), tmp_path / "rcm.ckpt")
+    assert camera_layout_of(tmp_path / "rcm.ckpt") == "recammaster"
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    assert camera_layout_of(tmp_path / "junk.ckpt") is None
 
 
 def test_base_weights_into_the_astra_layout_start_its_history_embedder_from_them(source, tmp_path):
