@@ -50,3 +50,21 @@ def test_only_the_camera_modules_train_and_the_reference_is_their_start(
         assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)  # the policy starts as its reference
     if "kl" in history[0]:
         assert history[0]["kl"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sft_trains_the_camera_modules_alone(tmp_path):
+    """SFT in Lyra's mode (no reference needed): the camera modules learn, the DiT stays as it was."""
+    from lyra_rl.training import SFTConfig, SFTTrainer, make_accelerator
+    from policies import PolicyConfig, build_policy
+
+    config = SFTConfig(output_dir=str(tmp_path), learning_rate=1e-2, conditions_per_step=2, eval_conditions=0)
+    accelerator = make_accelerator("no", cpu=True)
+    policy = build_policy(PolicyConfig(lora_r=0), config.seed, accelerator)
+    trainer = SFTTrainer(config, policy, None, accelerator)
+    frozen = {k: v.detach().clone() for k, v in policy.dit.named_parameters() if not v.requires_grad}
+    start = {k: v.detach().clone() for k, v in policy.trained_parameters().items()}
+    trainer.train_step()
+    trained = policy.trained_parameters()
+    assert all(".cam_encoder." in k or ".projector." in k for k in trained)
+    assert max((trained[k] - start[k]).abs().max() for k in start) > 1e-4
+    assert all(torch.equal(v, frozen[k]) for k, v in policy.dit.named_parameters() if not v.requires_grad)
