@@ -74,17 +74,14 @@ class TrainedWeights:
 
     @classmethod
     def read(cls, checkpoint: Path) -> TrainedWeights:
-        def weights(name: str) -> dict[str, torch.Tensor]:
-            path = checkpoint / name
-            return (
-                {k.removeprefix("transformer."): v for k, v in read_state_dict(path).items()} if path.is_file() else {}
-            )
-
-        lora, camera, dit = weights(LORA_WEIGHTS), weights(CAMERA_WEIGHTS), weights(DIT_WEIGHTS)
-        if not (lora or camera or dit):
-            raise FileNotFoundError(
-                f"{checkpoint}: no trained weights ({LORA_WEIGHTS}, {CAMERA_WEIGHTS}, {DIT_WEIGHTS})"
-            )
+        trained = {
+            k.removeprefix("transformer."): v for k, v in WanCameraPolicy.read_trained_weights(checkpoint).items()
+        }
+        if (checkpoint / DIT_WEIGHTS).is_file():  # a fully trained DiT: its whole state, as the policy saves it
+            lora, camera, dit = {}, {}, trained
+        else:  # the LoRA and the camera modules beside it, split as the policy saves them
+            lora = {k: v for k, v in trained.items() if "lora_" in k}
+            camera, dit = {k: v for k, v in trained.items() if "lora_" not in k}, {}
         state = read_trainer_state(checkpoint)
         return cls(
             lora,

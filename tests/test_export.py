@@ -42,9 +42,8 @@ def write_checkpoint(folder: Path, lora_r: int = 4, lora_alpha: float = 8.0) -> 
     return policy
 
 
-def velocity(transformer_owner: WanCameraPolicy) -> torch.Tensor:
+def velocity(policy: WanCameraPolicy) -> torch.Tensor:
     cameras = Cameras(trajectory_preset("left", 5)[None], default_intrinsics(32, 48).expand(1, 5, 3, 3).clone())
-    policy = transformer_owner
     cond = policy.condition(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(2)), ["a"], cameras)
     latents = torch.randn(1, *policy.latent_shape(5, 32, 48), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -86,6 +85,22 @@ def test_lora_reloads_with_the_diffusers_pipeline_loader(exported, file):
     )  # fmt: skip
     pipe.load_lora_weights(str(out / file))
     torch.testing.assert_close(velocity(policy), expected, atol=1e-5, rtol=0)
+
+
+def test_lora_of_a_checkpoint_reproduces_the_trained_policy_and_scales(tmp_path):
+    trained = write_checkpoint(tmp_path / "checkpoint-3")
+    expected = velocity(trained)
+    with trained.adapters_disabled():
+        without_lora = velocity(trained)  # the camera modules stay trained
+    loaded = build_inference_policy(
+        InferConfig(policy="tiny", num_frames=5, height=32, width=48), [(tmp_path / "checkpoint-3", 1.0)]
+    )
+    torch.testing.assert_close(velocity(loaded), expected, atol=1e-5, rtol=0)
+    off = build_inference_policy(
+        InferConfig(policy="tiny", num_frames=5, height=32, width=48), [(tmp_path / "checkpoint-3", 0.0)]
+    )
+    torch.testing.assert_close(velocity(off), without_lora, atol=1e-5, rtol=0)
+    assert (expected - without_lora).abs().max() > 1e-2  # the adapters matter
 
 
 def test_the_export_is_a_lora_of_infer(exported):

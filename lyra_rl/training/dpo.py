@@ -17,6 +17,7 @@ all processes, whatever their number.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,20 @@ class DPOConfig(TrainingConfig):
             )
 
 
+@functools.lru_cache(maxsize=4)
+def _read_pairs(path: str, version: tuple[int, int], num_frames: int) -> tuple:
+    return tuple(read_preference_pairs(path, num_frames))
+
+
+def manifest_pairs(config: DPOConfig) -> list:
+    """The checked pairs of ``config.pairs``, read (every video probed) once per manifest version: a recipe checks
+    them before building anything, and the trainer then uses them."""
+    path = Path(config.pairs)
+    stat = path.stat() if path.is_file() else None  # a missing manifest: read_preference_pairs says so
+    version = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
+    return list(_read_pairs(str(path), version, config.num_frames))
+
+
 class DPOTrainer(Trainer):
     """Runs :class:`DPOConfig` on a policy with a reference (LoRA adapters, or camera modules only) and a reward
     set (offline: a manifest of pairs; rewards, if any, score the held-out samples)."""
@@ -105,16 +120,14 @@ class DPOTrainer(Trainer):
     @classmethod
     def condition_source(cls, config: DPOConfig) -> ConditionSource:
         if config.pairs is not None:  # checked whole before anything is built, as conditions are
-            read_preference_pairs(config.pairs, config.num_frames)
+            manifest_pairs(config)
         return super().condition_source(config)
 
     def __init__(self, config: DPOConfig, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         with self.policy.adapters_disabled():  # the reference: a policy without one fails here, before any rollout
             pass
-        self.preference_pairs = (
-            None if config.pairs is None else read_preference_pairs(config.pairs, config.num_frames)
-        )
+        self.preference_pairs = None if config.pairs is None else manifest_pairs(config)
         self._pair_latents: dict[Path, torch.Tensor] = {}  # video -> its latents (CPU): each encoded once
         if self.preference_pairs:  # no rollout rewards to plot: the loss, and held-out rewards where there are some
             self.curve = Curve("loss_curve.png", "loss", "Flow-DPO loss", "eval/reward/total")
