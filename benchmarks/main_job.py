@@ -67,7 +67,7 @@ def main() -> None:
         for variant, variant_rows in run_main_job(seed, args.output_dir / f"seed-{seed}", overrides).items():
             rows[variant] += variant_rows
     comparison = compare(rows["before"], rows["after"])
-    shown = ["rot_err_deg", "trans_err_scaled", "camera_failed", "psnr", "reward/total"]
+    shown = ["rot_err_deg", "trans_err_scaled", "camera_failed", "psnr", "lpips", "reward/total"]
     shown += [name for name in comparison if name.startswith("reward/") and name != "reward/total"]
     shown += list(HEADLINE.values())
     print(

@@ -374,7 +374,7 @@ def make_parser() -> argparse.ArgumentParser:
                 plot_trajectories(
                     {d: get_trajectory(d, args.frames) for d in PRESETS},
                     args.out,
-                    "the presets (top view; red: viewing direction)",
+                    "the presets from above, or from the side (red: viewing direction)",
                 )
             )
             or 0

@@ -5,7 +5,9 @@ Per video: the camera path estimated from its frames (by the first reward of the
 ``trans_err``, ``cam_mc``, summed over frames) and WorldScore (``rot_err_deg``, ``trans_err_scaled``,
 ``camera_control``) report it (:func:`lyra_rl.camera.trajectory_errors`); every reward of the set
 (``reward/<name>``, ``failed/<name>``; Sampson error and friends among ``diagnostics/...``); and, where a
-reference video exists (the true render of a procedural condition), ``psnr`` to it. A video whose path
+reference video exists (the true render of a procedural condition), ``psnr`` to it, and ``lpips`` (AlexNet, the
+mean over frames) where torchvision's ImageNet backbone is in the torch hub cache (it cannot be downloaded
+here; see :func:`rewards.perceptual.build_lpips`). A video whose path
 cannot be estimated gets NaN camera metrics and ``camera_failed = 1``.
 
 Rows are aggregated per metric (mean, std, count of finite values) and written as JSON and a Markdown
@@ -15,6 +17,7 @@ table; two evaluations (before / after training) are compared with their deltas 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -36,6 +39,21 @@ def psnr(video: Tensor, reference: Tensor) -> float:
     """Peak signal-to-noise ratio in dB of ``video`` against ``reference`` (both ``(T, 3, H, W)`` in [0, 1])."""
     mse = float((video.float() - reference.float()).square().mean())
     return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+@functools.cache
+def reference_lpips():
+    """LPIPS (AlexNet) to measure fidelity to a reference, or None where its ImageNet backbone is not cached."""
+    from rewards.perceptual import build_lpips, find_backbone_weights  # the plugin package that ships LPIPS
+
+    return build_lpips("alex") if find_backbone_weights("alex") is not None else None
+
+
+def lpips_distance(video: Tensor, reference: Tensor, model) -> float:
+    """Mean over frames of the LPIPS distance between ``video`` and ``reference`` (both ``(T, 3, H, W)`` in
+    [0, 1])."""
+    with torch.no_grad():
+        return float(model(2 * video.float() - 1, 2 * reference.float() - 1).mean())
 
 
 def path_estimator(reward_set: RewardSet):
@@ -66,6 +84,7 @@ def evaluate_videos(
         one row of metrics per video, and the estimated paths ``(T, 4, 4)`` (``None`` where none was found).
     """
     estimator = path_estimator(reward_set)
+    perceptual = reference_lpips() if references is not None else None
     scores = reward_set(videos, cameras, prompts, images=images)
     rows, paths = [], []
     for k in range(len(videos)):
@@ -83,6 +102,8 @@ def evaluate_videos(
         row["reward/total"] = float(scores.total[k])
         if references is not None:
             row["psnr"] = psnr(videos[k], references[k])
+            if perceptual is not None:
+                row["lpips"] = lpips_distance(videos[k], references[k], perceptual)
         rows.append(row)
         paths.append(estimated)
     return rows, paths

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -94,39 +95,53 @@ def write_video(path: str | Path, video: Tensor, fps: float = 8.0) -> Path:
 
 
 def plot_trajectories(
-    trajectories: dict[str, Tensor], path: str | Path, title: str = "camera paths (top view)"
+    trajectories: dict[str, Tensor], path: str | Path, title: str = "camera paths", columns: int = 8
 ) -> Path:
-    """Draws camera centers ``(T, 4, 4)`` extrinsics from above (x right, z forward up the page) with headings."""
+    """Draws camera centers ``(T, 4, 4)`` extrinsics with their headings: from above (x right, z forward up the
+    page), or from the side (z forward to the right, up the page) for a path that moves mostly vertically (a tilt,
+    a rise), ``columns`` paths a row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = len(trajectories)
+    rows, columns = math.ceil(count / columns), min(count, columns)
     centers_all = np.concatenate([camera_centers(t.double()).numpy() for t in trajectories.values()])
-    half = max(1.0, float(np.abs(centers_all[:, [0, 2]]).max()) * 1.15)
-    fig, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.6), squeeze=False)
-    for ax, (name, cam_from_world) in zip(axes[0], trajectories.items()):
+    half = max(1.0, float(np.abs(centers_all).max()) * 1.15)
+    back = max(0.3 * half, float(-centers_all[:, 2].min()) + 0.3)  # room behind the start (a dolly out)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[count:]:
+        ax.set_visible(False)
+    for ax, (name, cam_from_world) in zip(axes.flat, trajectories.items()):
         world_from_cam = invert_pose(cam_from_world.double()).numpy()
         centers, forward = world_from_cam[:, :3, 3], world_from_cam[:, :3, 2]
-        ax.plot(centers[:, 0], centers[:, 2], "-", color="tab:blue")
+        side = np.ptp(centers[:, 1]) + np.ptp(forward[:, 1]) > np.ptp(centers[:, 0]) + np.ptp(forward[:, 0]) + 1e-9
+        # (horizontal, vertical) page axes: (x, z) from above, (z, -y) from the side (-y is up)
+        flat_centers = np.stack([centers[:, 2], -centers[:, 1]] if side else [centers[:, 0], centers[:, 2]], 1)
+        flat_forward = np.stack([forward[:, 2], -forward[:, 1]] if side else [forward[:, 0], forward[:, 2]], 1)
+        ax.plot(flat_centers[:, 0], flat_centers[:, 1], "-", color="tab:blue")
         step = max(1, len(centers) // 8)
         ax.quiver(
-            centers[::step, 0],
-            centers[::step, 2],
-            forward[::step, 0],
-            forward[::step, 2],
+            flat_centers[::step, 0],
+            flat_centers[::step, 1],
+            flat_forward[::step, 0],
+            flat_forward[::step, 1],
             angles="xy",
             scale_units="xy",
             scale=4 / half,
             width=0.012,
             color="tab:red",
         )
-        ax.plot(centers[0, 0], centers[0, 2], "ko", markersize=3)
-        ax.set_title(name, fontsize=9)
+        ax.plot(flat_centers[0, 0], flat_centers[0, 1], "ko", markersize=3)
+        ax.set_title(f"{name} (side)" if side else name, fontsize=9)
         ax.set_aspect("equal")
-        ax.set_xlim(-half, half)
-        ax.set_ylim(-0.3 * half, 1.9 * half)
+        if side:
+            ax.set_xlim(-back, 1.9 * half)
+            ax.set_ylim(-half, half)
+        else:
+            ax.set_xlim(-half, half)
+            ax.set_ylim(-back, 1.9 * half)
         ax.tick_params(labelsize=6)
-        ax.set_xlabel("x", fontsize=7)
-    axes[0][0].set_ylabel("z (forward)", fontsize=7)
+        ax.set_xlabel("z (forward)" if side else "x", fontsize=7)
+        ax.set_ylabel("up" if side else "z (forward)", fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_write(path) as tmp:

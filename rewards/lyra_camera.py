@@ -1,9 +1,9 @@
 """Lyra's camera reward: the cameras estimated from the frames against the command, scored as Lyra's RL code does.
 
 The estimator is pluggable (:class:`PoseEstimator`): the default is the project's classical one
-(``pose_consistency``'s: two-view poses from SIFT/flow matches with the commanded intrinsics, chained, the step
-lengths taken from the command because two views cannot fix them); a user with a learned estimator (a VGGT-style
-camera head, local weights) passes it as ``estimator`` without touching the reward.
+(``pose_consistency``'s: each frame's two-view pose against frame 0 from SIFT/flow matches with the commanded
+intrinsics, the step lengths taken from the command because two views cannot fix them); a user with a learned
+estimator (a VGGT-style camera head, local weights) passes it as ``estimator`` without touching the reward.
 """
 
 from __future__ import annotations

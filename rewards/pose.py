@@ -37,9 +37,10 @@ class PoseConsistencyReward(GeometricReward):
     translation (monocular scale).
 
     Diagnostics: median rotation / translation-direction errors over pairs, the failed and static pair
-    fractions, and trajectory errors of the chained estimate as the literature reports them (CamI2V
-    ``rot_err``/``trans_err``/``cam_mc``, WorldScore ``camera_control``). Two views fix only the direction
-    of a translation, so the chained estimate takes its step lengths from the commanded trajectory.
+    fractions, and trajectory errors of the estimated path (:meth:`estimate_trajectory`: each frame against
+    frame 0) as the literature reports them (CamI2V ``rot_err``/``trans_err``/``cam_mc``, WorldScore
+    ``camera_control``). Two views fix only the direction of a translation, so the path takes its step
+    lengths from the commanded trajectory.
     """
 
     name = "pose_consistency"
@@ -72,13 +73,12 @@ class PoseConsistencyReward(GeometricReward):
         return result
 
     def finish(self, context, value, diagnostics, scored):
-        """Adds the trajectory errors of the chained estimate (see :func:`chain_consecutive`)."""
-        _, commanded = self.views(context)
-        standing = {frames for frames, result in scored.items() if result.static}
-        estimated = {frames: result.j_from_i for frames, result in scored.items()}
-        chained = chain_consecutive(estimated, commanded, standing)
-        if chained is not None:
-            errors = trajectory_errors(chained, context.cam_from_world)
+        """Adds the trajectory errors of the estimated path (see :meth:`estimate_trajectory`), reusing the poses
+        of the scored pairs."""
+        known = {frames: result.j_from_i for frames, result in scored.items()}
+        estimated = self._trajectory(context, known)
+        if estimated is not None:
+            errors = trajectory_errors(estimated, context.cam_from_world)
             diagnostics.update(
                 rot_err=errors.rot_err,
                 trans_err=errors.trans_err,
@@ -104,24 +104,43 @@ class PoseConsistencyReward(GeometricReward):
     def estimate_trajectory(self, video: Tensor, cam_from_world: Tensor, intrinsics: Tensor) -> Tensor | None:
         """The camera path of ``video (T, 3, H, W)`` in [0, 1]: ``(T, 4, 4)`` world-to-camera, frame 0 = identity.
 
-        Consecutive relative poses are estimated as the reward does (with the commanded intrinsics
-        ``(T, 3, 3)``) and chained; step lengths come from the commanded ``cam_from_world (T, 4, 4)``
-        (monocular scale), except where the matches do not move as the command implies (the static guard):
-        there the camera does not translate. The same chain gives the reward's trajectory diagnostics. None if
-        any consecutive pair has no estimate.
+        Each frame's pose is estimated from its matches with frame 0 as the reward estimates a pair (with the
+        commanded intrinsics ``(T, 3, 3)``): the widest baseline the clip has, and no drift. Where a frame
+        shares too few matches with frame 0 (or no pose fits them), its pose is chained on the previous frame's.
+        Step lengths come from the commanded ``cam_from_world (T, 4, 4)`` (monocular scale), except where the
+        matches do not move as the command implies (the static guard): there the camera does not translate.
+        The same path gives the reward's trajectory diagnostics. None if some frame has no estimate either way.
         """
         video, cam_from_world, intrinsics = video.detach().cpu().float(), cam_from_world.cpu(), intrinsics.cpu()
-        context = VideoContext(video, cam_from_world, intrinsics)
+        return self._trajectory(VideoContext(video, cam_from_world, intrinsics), {})
+
+    def _trajectory(self, context: VideoContext, known: dict[tuple[int, ...], np.ndarray]) -> Tensor | None:
+        """:meth:`estimate_trajectory` of a video's context; ``known`` holds ``j_from_i`` poses already estimated."""
         geometry, commanded = self.views(context)
-        estimated, standing = {}, set()
-        for k in range(len(video) - 1):
-            try:
-                estimated[k, k + 1] = self._estimate_pair(geometry, commanded, k, k + 1).numpy()
-            except EstimationError:
-                return None
-            if not self.motion_evidence(context, k, k + 1).moves:
-                standing.add((k, k + 1))
-        return chain_consecutive(estimated, commanded, standing)
+
+        def relative(i: int, j: int) -> np.ndarray | None:
+            """``j_from_i (4, 4)`` with the commanded step length (zero where static), None if it has no estimate."""
+            if (i, j) in known:
+                pose = known[i, j].copy()
+            else:
+                try:
+                    pose = self._estimate_pair(geometry, commanded, i, j).numpy()
+                except EstimationError:
+                    return None
+            moves = self.motion_evidence(context, i, j).moves
+            pose[:3, 3] *= np.linalg.norm(commanded.pair(i, j).t) if moves else 0.0
+            return pose
+
+        poses = [np.eye(4)]
+        for j in range(1, len(context.video)):
+            pose = relative(0, j)
+            if pose is None:
+                step = relative(j - 1, j)
+                if step is None:
+                    return None
+                pose = step @ poses[-1]
+            poses.append(pose)
+        return torch.from_numpy(np.stack(poses)).float()
 
 
 @dataclass
@@ -129,25 +148,3 @@ class EstimatedPose(PairScore):
     """A pair's score with its estimated relative pose ``j_from_i (4, 4)`` float64 (unit or zero translation)."""
 
     j_from_i: np.ndarray = field(kw_only=True)
-
-
-def chain_consecutive(
-    estimated: dict[tuple[int, int], np.ndarray],
-    commanded: CommandedCameras,
-    standing: set[tuple[int, int]] = frozenset(),
-) -> Tensor | None:
-    """Chains estimated consecutive relative poses into a trajectory ``(T, 4, 4)`` (None if a link is missing).
-
-    Each estimated unit translation is scaled to the commanded step length (unobservable from two views),
-    except on the ``standing`` pairs, whose matches do not move as commanded (the static guard): there the
-    camera does not translate.
-    """
-    num_frames = len(commanded.cam_from_world)
-    if any((k, k + 1) not in estimated for k in range(num_frames - 1)):
-        return None
-    poses = [np.eye(4)]
-    for k in range(num_frames - 1):
-        rel = estimated[k, k + 1].copy()
-        rel[:3, 3] *= 0.0 if (k, k + 1) in standing else np.linalg.norm(commanded.pair(k, k + 1).t)
-        poses.append(rel @ poses[-1])
-    return torch.from_numpy(np.stack(poses)).float()

@@ -40,6 +40,32 @@ def test_a_video_that_follows_its_command_has_small_camera_errors():
     assert true["psnr"] == float("inf") and wrong["psnr"] < 30
 
 
+def test_lpips_to_the_reference_where_the_backbone_is_cached(monkeypatch, tmp_path):
+    import torchvision
+
+    from lyra_rl import evaluate
+    from rewards.perceptual import BACKBONE_FILES
+
+    videos = torch.stack([rendered("forward"), rendered("forward", seed=4)])
+    cameras = Cameras.from_trajectory(trajectory_preset("forward", 9), K, batch_size=2)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    evaluate.reference_lpips.cache_clear()
+    with RewardSet.from_names(["pose_consistency"]) as reward_set:
+        rows, _ = evaluate_videos(
+            videos, cameras, ["", ""], reward_set, references=videos[:1].expand(2, -1, -1, -1, -1)
+        )
+        assert "lpips" not in rows[0]  # no backbone: no LPIPS, and no error
+        (tmp_path / "checkpoints").mkdir()
+        torch.manual_seed(0)
+        torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "checkpoints" / BACKBONE_FILES["alex"])
+        evaluate.reference_lpips.cache_clear()
+        rows, _ = evaluate_videos(
+            videos, cameras, ["", ""], reward_set, references=videos[:1].expand(2, -1, -1, -1, -1)
+        )
+    evaluate.reference_lpips.cache_clear()
+    assert rows[0]["lpips"] < 1e-6 < rows[1]["lpips"]  # the same render, and another scene's
+
+
 def test_summaries_and_comparisons_over_seeds():
     before = [{"seed": s, "rot_err": 2.0 + s, "video": "a"} for s in range(3)]
     after = [{"seed": s, "rot_err": 1.0 + s + 0.1 * s, "video": "a"} for s in range(3)]

@@ -42,12 +42,21 @@ from .poses import (
     trajectory_problem,
     yaw_matrix,
 )
-from .trajectories import DIRECTIONS, PIVOT_DEPTH, PRESETS, get_trajectory, random_trajectory, trajectory_preset
+from .trajectories import (
+    DIRECTIONS,
+    OBJECT_PRESETS,
+    PIVOT_DEPTH,
+    PRESETS,
+    get_trajectory,
+    random_trajectory,
+    trajectory_preset,
+)
 
 __all__ = [
     "LyraCameraScore",
     "lyra_camera_score",
     "DIRECTIONS",
+    "OBJECT_PRESETS",
     "PIVOT_DEPTH",
     "PRESETS",
     "Cameras",

@@ -1,4 +1,5 @@
-"""Camera trajectory presets (the seed's seven, orbits, a dolly and a static camera), random smooth
+"""Camera trajectory presets (the seed's seven, MultiCamVideo's basic families around an object, a static camera),
+random smooth
 trajectories as MultiCamVideo builds them, and :func:`get_trajectory` (a preset or a file).
 
 Convention:
@@ -17,16 +18,27 @@ from torch import Tensor
 from .converters import load_trajectory
 from .poses import axis_angle_to_matrix, invert_pose, make_pose, yaw_matrix
 
-__all__ = ["DIRECTIONS", "PIVOT_DEPTH", "PRESETS", "get_trajectory", "random_trajectory", "trajectory_preset"]
+__all__ = [
+    "DIRECTIONS",
+    "OBJECT_PRESETS",
+    "PIVOT_DEPTH",
+    "PRESETS",
+    "get_trajectory",
+    "random_trajectory",
+    "trajectory_preset",
+]
 
 DIRECTIONS = ("forward", "left", "right", "forward_left", "forward_right", "s_curve", "left_right")
 """The seed's seven presets: the procedural datasets and the fidelity benchmark cycle through these."""
 
-PRESETS = (*DIRECTIONS, "orbit_left", "orbit_right", "dolly_in", "static")
+OBJECT_PRESETS = ("orbit_left", "orbit_right", "dolly_in", "dolly_out", "translate_up", "translate_down")
+"""The presets that refer to the pivot (an object ``PIVOT_DEPTH`` ahead of the start camera)."""
+
+PRESETS = (*DIRECTIONS, "tilt_up", "tilt_down", *OBJECT_PRESETS, "static")
 """Every preset name :func:`trajectory_preset` (and wherever a direction is accepted) knows."""
 
 PIVOT_DEPTH = 3.0
-"""Depth (trajectory units) ahead of the start camera of the point the orbits circle and ``dolly_in`` approaches;
+"""Depth (trajectory units) ahead of the start camera of the point the object presets refer to;
 :func:`~lyra_rl.data.scenes.make_scene` with ``pivot_depth`` stands a box there."""
 
 
@@ -41,7 +53,6 @@ def _heading_profile(direction: str, progress: Tensor, angle: float) -> tuple[Te
         "forward_right": (-angle * progress, True),
         "s_curve": (bump, True),
         "left_right": (bump, False),
-        "dolly_in": (torch.zeros_like(progress), True),
         "static": (torch.zeros_like(progress), False),
     }
     if direction not in profiles:
@@ -58,6 +69,27 @@ def _orbit(progress: Tensor, angle: float, pivot_depth: float) -> Tensor:
     pivot = torch.tensor([0.0, 0.0, pivot_depth], dtype=torch.float64)
     centers = pivot - pivot_depth * world_from_cam_rot[:, :, 2]  # the forward axis points at the pivot
     return invert_pose(make_pose(world_from_cam_rot, centers))
+
+
+def _looking_at(centers: Tensor, pivot_depth: float) -> Tensor:
+    """``cam_from_world (T, 4, 4)`` of cameras at ``centers (T, 3)`` on the plane ``x = 0``, each pitched to look at
+    ``(0, 0, pivot_depth)`` (no yaw, no roll)."""
+    to_pivot = torch.tensor([0.0, 0.0, pivot_depth], dtype=torch.float64) - centers
+    pitch = torch.atan2(-to_pivot[:, 1], to_pivot[:, 2])  # positive: the camera looks up (-y)
+    rotation = axis_angle_to_matrix(torch.stack([pitch, torch.zeros_like(pitch), torch.zeros_like(pitch)], -1))
+    return invert_pose(make_pose(rotation, centers))
+
+
+def _object_preset(direction: str, progress: Tensor, angle: float, pivot_depth: float) -> Tensor:
+    """The presets of ``OBJECT_PRESETS`` as ``cam_from_world (T, 4, 4)`` float64."""
+    if direction.startswith("orbit_"):
+        return _orbit(progress, (1.0 if direction == "orbit_right" else -1.0) * angle, pivot_depth)
+    centers = torch.zeros(len(progress), 3, dtype=torch.float64)
+    if direction.startswith("dolly_"):
+        centers[:, 2] = (1.0 if direction == "dolly_in" else -1.0) * pivot_depth / 2 * progress
+    else:  # translate_up / translate_down: rise (or sink) by pivot_depth * tan(angle / 2), pitching to the pivot
+        centers[:, 1] = (-1.0 if direction == "translate_up" else 1.0) * pivot_depth * math.tan(angle / 2) * progress
+    return _looking_at(centers, pivot_depth)
 
 
 def trajectory_preset(
@@ -81,9 +113,14 @@ def trajectory_preset(
     forward_right  move forward while yawing -angle (an arc to the right)
     s_curve        move forward; heading swings left to +angle/2 and back (an S-shaped lane change)
     left_right     rotate in place left to +angle/2, then back right to the start
-    orbit_left     circle the pivot by angle, moving left (-x) and yawing right to keep it centred
-    orbit_right    circle the pivot by angle, moving right (+x) and yawing left to keep it centred
-    dolly_in       straight along +z towards the pivot, halfway to it (``pivot_depth / 2``)
+    tilt_up        rotate in place, pitch up by angle (MultiCamVideo's tilt up)
+    tilt_down      rotate in place, pitch down by angle
+    orbit_left     circle the pivot by angle, moving left (-x) and yawing right to keep it centred (arc left)
+    orbit_right    circle the pivot by angle, moving right (+x) and yawing left to keep it centred (arc right)
+    dolly_in       straight along +z towards the pivot, halfway to it (``pivot_depth / 2``; zoom in)
+    dolly_out      straight along -z away from the pivot by ``pivot_depth / 2`` (zoom out)
+    translate_up   rise by ``pivot_depth * tan(angle / 2)``, pitching down to keep the pivot centred
+    translate_down sink by as much, pitching up to keep the pivot centred
     static         the camera does not move
     ============== ==============================================================================
 
@@ -93,11 +130,17 @@ def trajectory_preset(
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     progress = torch.linspace(0, 1, num_frames, dtype=torch.float64)
-    if direction in ("orbit_left", "orbit_right"):
-        side = 1.0 if direction == "orbit_right" else -1.0
-        return _orbit(progress, side * math.radians(angle_degrees), pivot_depth).float()
-    if direction == "dolly_in":
-        distance = pivot_depth / 2
+    if direction in OBJECT_PRESETS:
+        return _object_preset(direction, progress, math.radians(angle_degrees), pivot_depth).float()
+    if direction in ("tilt_up", "tilt_down"):
+        pitch = (1.0 if direction == "tilt_up" else -1.0) * math.radians(angle_degrees) * progress
+        zeros = torch.zeros_like(pitch)
+        return invert_pose(
+            make_pose(
+                axis_angle_to_matrix(torch.stack([pitch, zeros, zeros], -1)),
+                torch.zeros(num_frames, 3, dtype=torch.float64),
+            )
+        ).float()
     yaw, moves = _heading_profile(direction, progress, math.radians(angle_degrees))
     world_from_cam_rot = yaw_matrix(yaw)
     step = distance / (num_frames - 1) if moves else 0.0

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from lyra_rl.camera import PIVOT_DEPTH, PRESETS, camera_centers, get_trajectory, invert_pose, trajectory_preset
+from lyra_rl.camera import (
+    DIRECTIONS,
+    PIVOT_DEPTH,
+    PRESETS,
+    camera_centers,
+    get_trajectory,
+    invert_pose,
+    trajectory_preset,
+)
 
 
 def forward_axis(cam_from_world):
@@ -81,10 +89,37 @@ class TestPresets:
         assert (centers[1:, 2] > centers[:-1, 2]).all() and centers[:, :2].abs().max() < 1e-6
         torch.testing.assert_close(forward_axis(traj), torch.tensor([0.0, 0.0, 1.0]).expand(9, 3), atol=1e-6, rtol=0)
 
+    @pytest.mark.parametrize("direction, up", [("tilt_up", 1), ("tilt_down", -1)])
+    def test_tilts_pitch_in_place(self, direction, up):
+        traj = trajectory_preset(direction, 9, angle_degrees=30)
+        heading = forward_axis(traj)
+        assert camera_centers(traj).abs().max() < 1e-6 and heading[:, 0].abs().max() < 1e-6
+        pitch = torch.rad2deg(torch.atan2(-heading[:, 1], heading[:, 2]))  # positive: looking up (-y)
+        torch.testing.assert_close(pitch, up * torch.linspace(0, 30, 9), atol=1e-4, rtol=0)
+
+    def test_dolly_out_backs_away_from_the_pivot(self):
+        traj = trajectory_preset("dolly_out", 9, pivot_depth=2.0)
+        centers = camera_centers(traj)
+        torch.testing.assert_close(centers[-1], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6, rtol=0)
+        assert (centers[1:, 2] < centers[:-1, 2]).all()
+        torch.testing.assert_close(forward_axis(traj), torch.tensor([0.0, 0.0, 1.0]).expand(9, 3), atol=1e-6, rtol=0)
+
+    @pytest.mark.parametrize("direction, up", [("translate_up", 1), ("translate_down", -1)])
+    def test_vertical_translations_keep_the_pivot_centred(self, direction, up):
+        traj = trajectory_preset(direction, 9, angle_degrees=40)
+        in_camera = traj @ torch.tensor([0.0, 0.0, PIVOT_DEPTH, 1.0])
+        torch.testing.assert_close(in_camera[:, :2], torch.zeros(9, 2), atol=1e-5, rtol=0)
+        centers, heading = camera_centers(traj), forward_axis(traj)
+        assert (up * -centers[1:, 1] > up * -centers[:-1, 1]).all()  # rises (or sinks) steadily: -y is up
+        assert centers[:, [0, 2]].abs().max() < 1e-6
+        rise = PIVOT_DEPTH * math.tan(math.radians(20))
+        assert math.isclose(float(-centers[-1, 1]), up * rise, rel_tol=1e-5)
+        assert math.isclose(math.degrees(math.atan2(-heading[-1, 1], heading[-1, 2])), -up * 20, abs_tol=1e-4)
+
     def test_static_does_not_move(self):
         torch.testing.assert_close(trajectory_preset("static", 9), torch.eye(4).expand(9, 4, 4))
 
-    @pytest.mark.parametrize("direction", ["orbit_left", "orbit_right", "dolly_in", "static"])
+    @pytest.mark.parametrize("direction", [d for d in PRESETS if d not in DIRECTIONS])
     def test_new_presets_are_usable_by_name(self, direction):
         torch.testing.assert_close(get_trajectory(direction, 5), trajectory_preset(direction, 5))
 

@@ -127,3 +127,22 @@ def test_estimated_trajectory_follows_the_video_not_the_command(small):
     assert trajectory_errors(off_path, commanded).rot_err_deg > 15.0
     standing = reward.estimate_trajectory(frozen(small.video("forward_left")), commanded, K)
     assert camera_centers(standing).abs().max() < 1e-6  # a frozen video stands still
+
+
+def test_estimated_path_of_true_renders_does_not_drift():
+    """Each frame is estimated against frame 0: a bad small-baseline pair cannot throw the rest of the path off
+    (chaining consecutive pairs gave these 16 renders a mean of 14 degrees, one of 100)."""
+    import numpy as np
+
+    from lyra_rl.camera import trajectory_errors
+    from lyra_rl.data.conditions import ConditionSource
+
+    clips = ConditionSource("procedural", 0, 16, 9, 64, 96, videos=True, camera_paths="random")
+    batch = clips(list(range(16)), held_out=True)
+    reward, errors = PoseConsistencyReward(), []
+    for video, commanded, K in zip(batch.videos, batch.cameras.cam_from_world, batch.cameras.intrinsics):
+        estimated = reward.estimate_trajectory(video, commanded, K)
+        if estimated is not None:  # a render whose steps outrun the flow at 64x96 has no path
+            errors.append(trajectory_errors(estimated, commanded).rot_err_deg)
+    assert len(errors) >= 12
+    assert np.median(errors) < 2.0 and np.mean(errors) < 4.0 and max(errors) < 15.0
