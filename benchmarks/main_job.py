@@ -9,6 +9,7 @@ per-seed deltas, each (training seed, sampling seed) a seed.
 
     python benchmarks/main_job.py --quick        # the main job itself: one training seed (about 15 minutes)
     python benchmarks/main_job.py                # training seeds 0, 1, 2
+    python benchmarks/main_job.py --reuse        # the same, reading the runs already finished in --output-dir
 
 The last line is ``rot_err_drop=X sampson_drop=Y``: how much lower the held-out rotation error (degrees,
 WorldScore's) and the median Sampson error of the matches under the commanded cameras (``epipolar``'s) are
@@ -38,10 +39,14 @@ def main_job_configs(seed: int, output_dir: Path, overrides: list[str]):
     return parse_configs(GRPOConfig, args)
 
 
-def run_main_job(seed: int, output_dir: Path, overrides: list[str]) -> dict[str, list[dict]]:
-    """One run of the main job with training seed ``seed`` into ``output_dir``; its evaluation rows by variant
-    (``before``, ``after``), each row's ``seed`` made ``(training seed, sampling seed)``."""
-    run_training(GRPOTrainer, *main_job_configs(seed, output_dir, overrides))
+def run_main_job(seed: int, output_dir: Path, overrides: list[str], reuse: bool = False) -> dict[str, list[dict]]:
+    """One run of the main job with training seed ``seed`` into ``output_dir`` (with ``reuse``, a run that finished
+    there already, its final evaluation written, is read instead); its evaluation rows by variant (``before``,
+    ``after``), each row's ``seed`` made ``(training seed, sampling seed)``."""
+    if not (reuse and (output_dir / "evaluation" / "after" / "evaluation.json").is_file()):
+        run_training(GRPOTrainer, *main_job_configs(seed, output_dir, overrides))
+    else:
+        print(f"seed {seed}: reusing the finished run in {output_dir}")
     rows = {}
     for variant in ("before", "after"):
         videos = json.loads((output_dir / "evaluation" / variant / "evaluation.json").read_text())["videos"]
@@ -54,6 +59,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs/main_job_benchmark"))
     parser.add_argument("--quick", action="store_true", help="training seed 0 only: the README's main job")
+    parser.add_argument(
+        "--reuse", action="store_true", help="read the seeds whose run in --output-dir finished (same config) instead"
+    )
     args, overrides = parser.parse_known_args()  # the rest overrides the config, e.g. --max_steps 10
     seeds = args.seeds[:1] if args.quick else args.seeds
     try:  # bad overrides are one line before any run starts
@@ -64,7 +72,9 @@ def main() -> None:
     start = time.perf_counter()
     rows = {"before": [], "after": []}
     for seed in seeds:
-        for variant, variant_rows in run_main_job(seed, args.output_dir / f"seed-{seed}", overrides).items():
+        for variant, variant_rows in run_main_job(
+            seed, args.output_dir / f"seed-{seed}", overrides, args.reuse
+        ).items():
             rows[variant] += variant_rows
     comparison = compare(rows["before"], rows["after"])
     shown = ["rot_err_deg", "trans_err_scaled", "camera_failed", "psnr", "lpips", "reward/total"]

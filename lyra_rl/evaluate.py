@@ -7,7 +7,10 @@ Per video: the camera path estimated from its frames (by the first reward of the
 (``reward/<name>``, ``failed/<name>``; Sampson error and friends among ``diagnostics/...``); and, where a
 reference video exists (the true render of a procedural condition), ``psnr`` to it, and ``lpips`` (AlexNet, the
 mean over frames) where torchvision's ImageNet backbone is in the torch hub cache (it cannot be downloaded
-here; see :func:`rewards.perceptual.build_lpips`). A video whose path
+here; see :func:`rewards.perceptual.build_lpips`), and what a policy may learn to do to please a reward instead
+of following its camera: ``motion_ratio`` (its frame-to-frame change over the reference's: 0 for a frozen
+video) and ``sharpness_ratio`` (its Laplacian energy over the reference's: below 1 for a blurred or
+textureless one). A video whose path
 cannot be estimated gets NaN camera metrics and ``camera_failed = 1``.
 
 Rows are aggregated per metric (mean, std, count of finite values) and written as JSON and a Markdown
@@ -56,6 +59,18 @@ def lpips_distance(video: Tensor, reference: Tensor, model) -> float:
         return float(model(2 * video.float() - 1, 2 * reference.float() - 1).mean())
 
 
+def frame_motion(video: Tensor) -> float:
+    """Mean absolute change between consecutive frames of ``video (T, 3, H, W)`` in [0, 1]."""
+    return float((video[1:].float() - video[:-1].float()).abs().mean())
+
+
+def sharpness(video: Tensor) -> float:
+    """Mean squared Laplacian of the luma of ``video (T, 3, H, W)`` in [0, 1] (its fine detail)."""
+    luma = torch.einsum("tchw,c->thw", video.float(), torch.tensor([0.299, 0.587, 0.114]))[:, None]
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+    return float(torch.nn.functional.conv2d(luma, laplacian).square().mean())
+
+
 def path_estimator(reward_set: RewardSet):
     """The first reward of the set that estimates camera paths (``estimate_trajectory``, as ``pose_consistency``
     does); a ``ValueError`` if none does."""
@@ -102,6 +117,8 @@ def evaluate_videos(
         row["reward/total"] = float(scores.total[k])
         if references is not None:
             row["psnr"] = psnr(videos[k], references[k])
+            row["motion_ratio"] = frame_motion(videos[k]) / max(frame_motion(references[k]), 1e-12)
+            row["sharpness_ratio"] = sharpness(videos[k]) / max(sharpness(references[k]), 1e-12)
             if perceptual is not None:
                 row["lpips"] = lpips_distance(videos[k], references[k], perceptual)
         rows.append(row)
@@ -127,38 +144,58 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def row_key(row: dict) -> tuple:
+    """What names a row's video across evaluations: its ``seed``, ``condition`` and ``video``, where present."""
+    return tuple(row.get(key) for key in ROW_IDS)
+
+
 def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Per metric: the means before and after, their ``delta`` and ``relative`` change, and, with rows that
-    carry a ``seed``, ``delta_std``: the std of the per-seed deltas over the seeds both sides have (the
-    spread a result must beat). Metrics only one side has are left out."""
-    b, a = summarize(before), summarize(after)
-    seeds = sorted({r["seed"] for r in before if "seed" in r} & {r["seed"] for r in after if "seed" in r})
+    """Per metric, on the same videos (rows paired by :func:`row_key`; each metric over the pairs where both
+    sides are finite, so that a camera error found after training on a video it was not found on before does
+    not enter one side only): the means before and after, their ``delta`` and ``relative`` change, ``count``
+    (pairs), and, with rows that carry a ``seed``, ``delta_std``: the std of the per-seed deltas (the spread a
+    result must beat). Metrics only one side has are left out.
 
-    def seed_mean(rows: Sequence[dict[str, float]], seed, name: str) -> float:
-        return summarize([r for r in rows if r.get("seed") == seed]).get(name, {"mean": math.nan})["mean"]
-
+    Raises:
+        ValueError: the two sides share no video.
+    """
+    after_rows = {row_key(row): row for row in after}
+    pairs = [(row, after_rows[row_key(row)]) for row in before if row_key(row) in after_rows]
+    if not pairs:
+        raise ValueError("the evaluations share no video (rows are paired by seed, condition and video name)")
+    names = dict.fromkeys(k for row, other in pairs for k in row if k in other and k not in ROW_IDS)
     table = {}
-    for name in [n for n in b if n in a]:
-        delta = a[name]["mean"] - b[name]["mean"]
-        per_seed = [seed_mean(after, s, name) - seed_mean(before, s, name) for s in seeds]
-        per_seed = torch.tensor([d for d in per_seed if math.isfinite(d)], dtype=torch.float64)
+    for name in names:
+        finite = [(b, a) for b, a in pairs if math.isfinite(b[name]) and math.isfinite(a[name])]
+        if not finite:
+            continue
+        values = torch.tensor([(b[name], a[name]) for b, a in finite], dtype=torch.float64)
+        before_mean, after_mean = (float(m) for m in values.mean(0))
+        seeds = sorted({b.get("seed") for b, _ in finite if "seed" in b}, key=str)
+        per_seed = torch.tensor(
+            [float((values[:, 1] - values[:, 0])[[b.get("seed") == s for b, _ in finite]].mean()) for s in seeds],
+            dtype=torch.float64,
+        )
+        delta = after_mean - before_mean
         table[name] = {
-            "before": b[name]["mean"],
-            "after": a[name]["mean"],
+            "before": before_mean,
+            "after": after_mean,
             "delta": delta,
-            "relative": delta / abs(b[name]["mean"]) if b[name]["mean"] else math.nan,
+            "relative": delta / abs(before_mean) if before_mean else math.nan,
             "delta_std": float(per_seed.std()) if len(per_seed) > 1 else math.nan,
+            "count": len(finite),
         }
     return table
 
 
 def comparison_table(comparison: dict[str, dict[str, float]]) -> str:
     """``compare``'s result as a Markdown table."""
-    lines = ["| metric | before | after | delta (± over seeds) | relative |", "|---|---|---|---|---|"]
+    lines = ["| metric | before | after | delta (± over seeds) | relative | videos |", "|---|---|---|---|---|---|"]
     for name, c in comparison.items():
         spread = "" if math.isnan(c["delta_std"]) else f" ± {c['delta_std']:.2g}"
         lines.append(
-            f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} |"
+            f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} "
+            f"| {c['count']} |"
         )
     return "\n".join(lines)
 

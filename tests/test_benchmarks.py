@@ -35,6 +35,22 @@ def test_the_main_job_benchmark_prints_its_table_and_last_line(tmp_path):
     assert any(line.startswith("| `rot_err_deg` |") for line in lines)
 
 
+def test_the_reward_hacking_benchmark_evaluates_both_arms_alike(tmp_path):
+    """One step per arm on one rollout pair: both arms' tables carry the hacking statistics, and the last line is
+    ``feature_matching_rot_err_drop=X guarded_rot_err_drop=Y``."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "reward_hacking.py"), "--output-dir", str(tmp_path)]
+    command += ["--max_steps", "1", "--conditions_per_step", "1", "--num_generations", "2", "--eval_conditions", "2"]
+    command += ["--num_sampling_steps", "2", "--eval_sampling_steps", "2"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(
+        r"feature_matching_rot_err_drop=(-?\d+\.\d{3}|nan) guarded_rot_err_drop=(-?\d+\.\d{3}|nan)", lines[-1]
+    )
+    assert sum(line.startswith("| `motion_ratio` |") for line in lines) == 2
+    assert sum(line.startswith("| `reward/feature_matching` |") for line in lines) == 2
+
+
 def test_the_algorithms_benchmark_compares_all_three_and_prints_the_speedups():
     """One step of each algorithm on one condition: the table has a row per algorithm (GRPO's speedup is 1 by
     definition) and the last line is ``nft_speedup=X dpo_speedup=Y``."""

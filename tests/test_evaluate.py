@@ -66,6 +66,18 @@ def test_lpips_to_the_reference_where_the_backbone_is_cached(monkeypatch, tmp_pa
     assert rows[0]["lpips"] < 1e-6 < rows[1]["lpips"]  # the same render, and another scene's
 
 
+def test_frozen_and_blurred_videos_show_in_the_motion_and_sharpness_ratios():
+    from lyra_rl.data import broken
+
+    true = rendered("forward_left")
+    videos = torch.stack([true, broken.freeze_frames(true), broken.blur(true, 3.0)])
+    cameras = Cameras.from_trajectory(trajectory_preset("forward_left", 9), K, batch_size=3)
+    with RewardSet.from_names(["pose_consistency"]) as reward_set:
+        rows, _ = evaluate_videos(videos, cameras, [""] * 3, reward_set, references=true.expand(3, -1, -1, -1, -1))
+    assert rows[0]["motion_ratio"] == rows[0]["sharpness_ratio"] == 1.0
+    assert rows[1]["motion_ratio"] == 0.0 and rows[2]["sharpness_ratio"] < 0.3 < rows[2]["motion_ratio"]
+
+
 def test_summaries_and_comparisons_over_seeds():
     before = [{"seed": s, "rot_err": 2.0 + s, "video": "a"} for s in range(3)]
     after = [{"seed": s, "rot_err": 1.0 + s + 0.1 * s, "video": "a"} for s in range(3)]
@@ -73,6 +85,12 @@ def test_summaries_and_comparisons_over_seeds():
     row = compare(before, after)["rot_err"]
     assert row["delta"] == pytest.approx(-0.9) and row["relative"] == pytest.approx(-0.3)
     assert row["delta_std"] == pytest.approx(0.1)  # per-seed deltas -1.0, -0.9, -0.8
+    # Paired: a path found after training on a video that had none before enters neither side.
+    before[0]["rot_err"], after[1]["rot_err"] = float("nan"), 50.0
+    row = compare(before, after + [{"seed": 7, "rot_err": 0.0, "video": "b"}])["rot_err"]
+    assert row["count"] == 2 and row["before"] == pytest.approx(3.5) and row["after"] == pytest.approx(26.6)
+    with pytest.raises(ValueError, match="share no video"):
+        compare(before, [{"seed": 9, "rot_err": 1.0, "video": "a"}])
     assert psnr(torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.1)) == pytest.approx(20.0)
 
 
