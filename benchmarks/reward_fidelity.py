@@ -11,7 +11,7 @@ translation direction 5-45 degrees, speed x0.5-x2, reversed): per reward, the Sp
 the perturbation's size and minus the reward, and the paired AUC (true command above perturbed) at the
 smallest amount and at 2 degrees of drift / 15 degrees of direction error.
 
-    python benchmarks/reward_fidelity.py --quick            # < 4 minutes
+    python benchmarks/reward_fidelity.py --quick            # about 7 minutes on 2 cores
     python benchmarks/reward_fidelity.py --frames-dir DIR   # also score your own multi-view data
 
 The last line is ``min_auc=X min_spearman=Y``: the AUC over the (reward, variant) pairs each reward is meant
@@ -157,7 +157,7 @@ def print_folder(title: str, scores: dict[str, dict[str, float]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer scenes (< 4 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer scenes (about 7 minutes)")
     parser.add_argument(
         "--scenes",
         type=int,

@@ -1,7 +1,8 @@
 """COLMAP / GLOMAP sparse models as cameras in the one convention (docs/conventions.md).
 
-A model folder (``sparse/0``) holds ``cameras.txt`` and ``images.txt`` (or the binary ``cameras.bin`` and
-``images.bin``, read through ``pycolmap`` where it is installed). COLMAP's poses are world-to-camera with the
+A model folder (``sparse/0``) holds ``cameras.txt`` and ``images.txt``, or the binary ``cameras.bin`` and
+``images.bin`` COLMAP and GLOMAP write by default (read here, little-endian, as COLMAP's ``read_write_model.py``
+documents them: no ``pycolmap`` needed). COLMAP's poses are world-to-camera with the
 OpenCV axes (x right, y down, z forward), ``images.txt`` giving the rotation as a quaternion ``QW QX QY QZ`` and
 the translation ``TX TY TZ``: the project's convention already, so no axis change. Lens distortion parameters are
 read and not applied (the rewards assume pinhole frames: undistort with ``colmap image_undistorter`` first).
@@ -9,6 +10,7 @@ read and not applied (the rewards assume pinhole frames: undistort with ``colmap
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,21 @@ _FOCALS = {
     "OPENCV": "fxfy",
     "OPENCV_FISHEYE": "fxfy",
     "FULL_OPENCV": "fxfy",
+}
+
+#: COLMAP's camera model ids (binary models) -> name and number of parameters.
+_MODEL_IDS = {
+    0: ("SIMPLE_PINHOLE", 3),
+    1: ("PINHOLE", 4),
+    2: ("SIMPLE_RADIAL", 4),
+    3: ("RADIAL", 5),
+    4: ("OPENCV", 8),
+    5: ("OPENCV_FISHEYE", 8),
+    6: ("FULL_OPENCV", 12),
+    7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4),
+    9: ("RADIAL_FISHEYE", 5),
+    10: ("THIN_PRISM_FISHEYE", 12),
 }
 
 
@@ -87,25 +104,47 @@ def _read_text(folder: Path) -> tuple[dict[int, Tensor], list[tuple[str, Tensor,
     return cameras, images
 
 
+class _BinaryReader:
+    """Little-endian fields of a COLMAP binary file, with its name in every error."""
+
+    def __init__(self, path: Path):
+        self.path, self.data, self.offset = path, path.read_bytes(), 0
+
+    def read(self, format: str) -> tuple:
+        size = struct.calcsize("<" + format)
+        if self.offset + size > len(self.data):
+            raise ValueError(f"{self.path}: ends inside a record (truncated at byte {len(self.data)})")
+        values = struct.unpack_from("<" + format, self.data, self.offset)
+        self.offset += size
+        return values
+
+    def skip(self, size: int) -> None:
+        if self.offset + size > len(self.data):
+            raise ValueError(f"{self.path}: ends inside a record (truncated at byte {len(self.data)})")
+        self.offset += size
+
+    def name(self) -> str:
+        end = self.data.find(b"\0", self.offset)
+        if end < 0:
+            raise ValueError(f"{self.path}: ends inside an image name")
+        name, self.offset = self.data[self.offset : end].decode(), end + 1
+        return name
+
+
 def _read_binary(folder: Path) -> tuple[dict[int, Tensor], list[tuple[str, Tensor, int]]]:
-    try:
-        import pycolmap
-    except ImportError:
-        raise ValueError(
-            f"{folder} holds a binary COLMAP model: install pycolmap, or convert it with "
-            "`colmap model_converter --output_type TXT`"
-        ) from None
-    reconstruction = pycolmap.Reconstruction(str(folder))
-    cameras = {
-        camera_id: torch.from_numpy(camera.calibration_matrix()).double()
-        for camera_id, camera in reconstruction.cameras.items()
-    }
-    images = []
-    for image in reconstruction.images.values():
-        pose = image.cam_from_world() if callable(image.cam_from_world) else image.cam_from_world
-        x, y, z, w = pose.rotation.quat  # pycolmap's order
-        values = torch.tensor([w, x, y, z, *pose.translation], dtype=torch.float64)
-        images.append((image.name, values, image.camera_id))
+    cameras, file = {}, _BinaryReader(folder / "cameras.bin")
+    for _ in range(file.read("Q")[0]):
+        camera_id, model_id, _, _ = file.read("iiQQ")
+        if model_id not in _MODEL_IDS:
+            raise ValueError(f"{file.path}: camera {camera_id} has the unknown model id {model_id}")
+        model, count = _MODEL_IDS[model_id]
+        cameras[camera_id] = _intrinsics(model, list(file.read(f"{count}d")), f"{file.path}: camera {camera_id}")
+    images, file = [], _BinaryReader(folder / "images.bin")
+    for _ in range(file.read("Q")[0]):
+        _, *values, camera_id = file.read("i7di")
+        name = file.name()
+        file.skip(file.read("Q")[0] * struct.calcsize("<ddq"))  # its POINTS2D: x, y, point3D id
+        images.append((name, torch.tensor(values, dtype=torch.float64), camera_id))
     return cameras, images
 
 
@@ -122,8 +161,8 @@ def read_colmap_model(folder: str | Path) -> ColmapModel:
 
     Raises:
         FileNotFoundError: no model in ``folder``.
-        ValueError: an unsupported camera model or a line that does not parse (named), an image of a camera
-            the model does not have, fewer than 2 images, or a binary model without ``pycolmap``.
+        ValueError: an unsupported camera model or a line or record that does not parse (named), an image of a
+            camera the model does not have, or fewer than 2 images.
     """
     folder = Path(folder)
     if not is_colmap_model(folder):
@@ -132,7 +171,7 @@ def read_colmap_model(folder: str | Path) -> ColmapModel:
     cameras, images = _read_text(folder) if text else _read_binary(folder)
     missing = sorted({camera for _, _, camera in images} - cameras.keys())
     if missing:
-        raise ValueError(f"{folder}: images of camera {missing[0]}, which cameras.txt does not have")
+        raise ValueError(f"{folder}: images of camera {missing[0]}, which the model's cameras do not include")
     if len(images) < 2:
         raise ValueError(f"{folder}: {len(images)} registered image; a camera path needs at least 2")
     images.sort(key=lambda image: image[0])

@@ -1,6 +1,8 @@
 """COLMAP sparse models: poses and intrinsics read back as written, in the one convention, wherever a
 trajectory or a frames folder is accepted."""
 
+import struct
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -52,6 +54,36 @@ def test_a_written_model_reads_back_in_name_order(tmp_path):
     )
 
 
+def write_binary_model(folder, cam_from_world: torch.Tensor):
+    """cameras.bin (PINHOLE and SIMPLE_RADIAL, as write_model's) and images.bin in COLMAP's binary layout
+    (little-endian; read_write_model.py's), images out of name order, each with two POINTS2D."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cameras = struct.pack("<Q", 2)
+    cameras += struct.pack("<iiQQ4d", 1, 1, 96, 64, 80.5, 81.5, 48.0, 32.0)
+    cameras += struct.pack("<iiQQ4d", 2, 2, 96, 64, 70.0, 47.5, 31.5, 0.01)
+    (folder / "cameras.bin").write_bytes(cameras)
+    images = struct.pack("<Q", len(cam_from_world))
+    for k in reversed(range(len(cam_from_world))):
+        q = rotation_to_quaternion(cam_from_world[k, :3, :3].double().numpy())
+        t = cam_from_world[k, :3, 3].double().numpy()
+        images += struct.pack("<i7di", k + 1, *q, *t, 1 + k % 2) + f"frame_{k:03d}.png".encode() + b"\0"
+        images += struct.pack("<Q", 2) + struct.pack("<ddq", 10.5, 20.5, -1) + struct.pack("<ddq", 30.0, 40.0, 7)
+    (folder / "images.bin").write_bytes(images)
+
+
+def test_a_binary_model_reads_as_its_text_twin(tmp_path):
+    truth = trajectory_preset("orbit_left", 6)
+    write_model(tmp_path / "text", truth)
+    write_binary_model(tmp_path / "binary", truth)
+    text, binary = read_colmap_model(tmp_path / "text"), read_colmap_model(tmp_path / "binary")
+    assert binary.names == text.names == [f"frame_{k:03d}.png" for k in range(6)]
+    torch.testing.assert_close(binary.cam_from_world, truth, atol=1e-6, rtol=0)
+    torch.testing.assert_close(binary.intrinsics, text.intrinsics)
+    (tmp_path / "binary" / "images.bin").write_bytes((tmp_path / "binary" / "images.bin").read_bytes()[:-30])
+    with pytest.raises(ValueError, match="images.bin: ends inside a record"):
+        read_colmap_model(tmp_path / "binary")
+
+
 def test_quaternions_follow_colmaps_order():
     half_turn_about_z = torch.tensor([0.0, 0.0, 0.0, 1.0])  # w, x, y, z
     torch.testing.assert_close(quaternion_to_rotation(half_turn_about_z), torch.diag(torch.tensor([-1.0, -1.0, 1.0])))
@@ -66,7 +98,7 @@ def test_bad_models_are_named(tmp_path):
     with pytest.raises(ValueError, match="camera line 1: .*camera model EQUIRECTANGULAR is not supported"):
         read_colmap_model(tmp_path)
     (tmp_path / "cameras.txt").write_text("1 PINHOLE 96 64 80 80 48 32\n")
-    with pytest.raises(ValueError, match="images of camera 2, which cameras.txt does not have"):
+    with pytest.raises(ValueError, match="images of camera 2, which the model's cameras do not include"):
         read_colmap_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="no COLMAP model"):
         read_colmap_model(tmp_path / "nothing")
