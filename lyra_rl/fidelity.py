@@ -289,8 +289,8 @@ def graded_summary(per_clip: list[dict[str, dict[float, dict[str, float]]]]) -> 
     names = list(per_clip[0]["true"][0.0])
     summary: dict[str, dict[str, dict]] = {name: {} for name in names}
     for kind, amounts in PERTURBATIONS.items():
+        clips = [clip for clip in per_clip if clip[kind]]  # those the kind applies to (a translation needs one)
         for name in names:
-            clips = [clip for clip in per_clip if clip[kind]]
             correlations = [
                 spearman(
                     torch.tensor([0.0] + [perturbation_size(kind, a) for a in clip[kind]]),

@@ -111,12 +111,9 @@ class _BinaryReader:
         self.path, self.data, self.offset = path, path.read_bytes(), 0
 
     def read(self, format: str) -> tuple:
-        size = struct.calcsize("<" + format)
-        if self.offset + size > len(self.data):
-            raise ValueError(f"{self.path}: ends inside a record (truncated at byte {len(self.data)})")
-        values = struct.unpack_from("<" + format, self.data, self.offset)
-        self.offset += size
-        return values
+        offset = self.offset
+        self.skip(struct.calcsize("<" + format))
+        return struct.unpack_from("<" + format, self.data, offset)
 
     def skip(self, size: int) -> None:
         if self.offset + size > len(self.data):
