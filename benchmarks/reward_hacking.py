@@ -3,7 +3,7 @@ and what the policy learns to do to each.
 
 Both arms are the main job (``recipes/configs/grpo_embedded.yaml``: LoRA on the embedded world model, the same
 conditions, seed and steps); only the training rewards differ. Both are then evaluated alike, before (adapters
-disabled) and after, from the same noise, on the same held-out conditions and sampling seeds 0-2, by one
+disabled) and after, from the same noise, on the same held-out conditions and sampling seeds (the config's), by one
 evaluation set (``EVALUATION_REWARDS``, whichever rewards the arm trained on), with the statistics that show a
 policy pleasing a reward instead of following its camera: ``motion_ratio`` (frame-to-frame change over the
 true render's: a policy that freezes its video drives it to 0), ``sharpness_ratio`` (Laplacian energy over the
@@ -32,7 +32,6 @@ from policies.training import build_trainer, exit_with_error, parse_configs, tra
 
 CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "configs" / "grpo_embedded.yaml"
 EVALUATION_REWARDS = ("lyra_camera", "epipolar", "pose_consistency", "feature_matching")
-SAMPLING_SEEDS = (0, 1, 2)
 SHOWN = (
     "reward/feature_matching",
     "reward/lyra_camera",
@@ -51,14 +50,14 @@ def arm_configs(arm: str, output_dir: Path, overrides: list[str]):
     """The configs of one arm: the main job, with ``feature_matching`` alone as its reward for that arm."""
     args = ["--config", str(CONFIG), "--output_dir", str(output_dir / arm), "--overwrite_output_dir", "true"]
     args += ["--rewards", "feature_matching"] if arm == "feature_matching" else []
-    policy_config, reward_config, config = parse_configs(GRPOConfig, args + overrides)
-    config.final_evaluation_seeds = []  # evaluated below, by the evaluation set rather than the arm's rewards
-    return policy_config, reward_config, config
+    return parse_configs(GRPOConfig, args + overrides)
 
 
 def run_arm(arm: str, output_dir: Path, overrides: list[str]) -> dict[str, dict[str, float]]:
-    """Trains one arm and evaluates it before and after with ``EVALUATION_REWARDS``; the comparison."""
+    """Trains one arm and evaluates it before and after with ``EVALUATION_REWARDS`` under the config's
+    ``final_evaluation_seeds``; the comparison."""
     policy_config, reward_config, config = arm_configs(arm, output_dir, overrides)
+    seeds, config.final_evaluation_seeds = config.final_evaluation_seeds, []  # evaluated below, by the same set
     trainer = build_trainer(GRPOTrainer, policy_config, reward_config, config)
     train(trainer)
     with RewardSet.from_names(list(EVALUATION_REWARDS)) as evaluation_set:
@@ -68,7 +67,7 @@ def run_arm(arm: str, output_dir: Path, overrides: list[str]) -> dict[str, dict[
             evaluation_set,
             output_dir / arm / "evaluation",
             num_conditions=config.eval_conditions,
-            seeds=SAMPLING_SEEDS,
+            seeds=seeds,
             num_sampling_steps=config.eval_sampling_steps,
             shift=config.shift,
         )
@@ -82,14 +81,13 @@ def main() -> None:
     overrides = (["--max_steps", "10"] if args.quick else []) + overrides
     arms = ("feature_matching", "guarded")
     try:  # bad overrides are one line before any run starts
-        for arm in arms:
-            arm_configs(arm, args.output_dir, overrides)
+        seeds = [arm_configs(arm, args.output_dir, overrides)[-1].final_evaluation_seeds for arm in arms][0]
     except (ValueError, FileNotFoundError) as error:
         exit_with_error(error)
     start = time.perf_counter()
     comparisons = {arm: run_arm(arm, args.output_dir, overrides) for arm in arms}
     elapsed = time.perf_counter() - start
-    print(f"\nHeld-out conditions x sampling seeds {list(SAMPLING_SEEDS)}, before vs after ({elapsed:.0f} s)")
+    print(f"\nHeld-out conditions x sampling seeds {seeds}, before vs after ({elapsed:.0f} s)")
     for arm, comparison in comparisons.items():
         trained_on = "feature_matching alone" if arm == "feature_matching" else "the main job's rewards"
         print(f"\nGRPO on {trained_on}:")

@@ -151,10 +151,11 @@ def row_key(row: dict) -> tuple:
 
 def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Per metric, on the same videos (rows paired by :func:`row_key`; each metric over the pairs where both
-    sides are finite, so that a camera error found after training on a video it was not found on before does
+    sides have it finite, so that a camera error found after training on a video it was not found on before does
     not enter one side only): the means before and after, their ``delta`` and ``relative`` change, ``count``
-    (pairs), and, with rows that carry a ``seed``, ``delta_std``: the std of the per-seed deltas (the spread a
-    result must beat). Metrics only one side has are left out.
+    (pairs), ``delta_sem``: the standard error of ``delta`` over the paired videos (the std of their deltas over
+    the square root of their count), and, with rows that carry a ``seed``, ``delta_std``: the std of the per-seed
+    deltas (the spread a result must beat). Metrics only one side has are left out.
 
     Raises:
         ValueError: the two sides share no video.
@@ -165,16 +166,16 @@ def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]
         raise ValueError("the evaluations share no video (rows are paired by seed, condition and video name)")
     names = dict.fromkeys(k for row, other in pairs for k in row if k in other and k not in ROW_IDS)
     table = {}
-    for name in names:
-        finite = [(b, a) for b, a in pairs if math.isfinite(b[name]) and math.isfinite(a[name])]
+    for name in names:  # a row may lack a diagnostic its reward could not compute for that video
+        finite = [(b, a) for b, a in pairs if math.isfinite(b.get(name, math.nan) + a.get(name, math.nan))]
         if not finite:
             continue
         values = torch.tensor([(b[name], a[name]) for b, a in finite], dtype=torch.float64)
         before_mean, after_mean = (float(m) for m in values.mean(0))
+        deltas = values[:, 1] - values[:, 0]
         seeds = sorted({b.get("seed") for b, _ in finite if "seed" in b}, key=str)
         per_seed = torch.tensor(
-            [float((values[:, 1] - values[:, 0])[[b.get("seed") == s for b, _ in finite]].mean()) for s in seeds],
-            dtype=torch.float64,
+            [float(deltas[[b.get("seed") == s for b, _ in finite]].mean()) for s in seeds], dtype=torch.float64
         )
         delta = after_mean - before_mean
         table[name] = {
@@ -182,6 +183,7 @@ def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]
             "after": after_mean,
             "delta": delta,
             "relative": delta / abs(before_mean) if before_mean else math.nan,
+            "delta_sem": float(deltas.std() / math.sqrt(len(deltas))) if len(deltas) > 1 else math.nan,
             "delta_std": float(per_seed.std()) if len(per_seed) > 1 else math.nan,
             "count": len(finite),
         }
@@ -190,12 +192,15 @@ def compare(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]
 
 def comparison_table(comparison: dict[str, dict[str, float]]) -> str:
     """``compare``'s result as a Markdown table."""
-    lines = ["| metric | before | after | delta (± over seeds) | relative | videos |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| metric | before | after | delta | ± s.e. (videos) | ± over seeds | relative | videos |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, c in comparison.items():
-        spread = "" if math.isnan(c["delta_std"]) else f" ± {c['delta_std']:.2g}"
+        sem, spread = ("" if math.isnan(c[key]) else f"{c[key]:.2g}" for key in ("delta_sem", "delta_std"))
         lines.append(
-            f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g}{spread} | {c['relative']:+.1%} "
-            f"| {c['count']} |"
+            f"| `{name}` | {c['before']:.4g} | {c['after']:.4g} | {c['delta']:+.4g} | {sem} | {spread} "
+            f"| {c['relative']:+.1%} | {c['count']} |"
         )
     return "\n".join(lines)
 

@@ -75,7 +75,8 @@ def evaluate_before_after(
     and both estimated ones drawn.
 
     Returns:
-        :func:`~lyra_rl.evaluate.compare`'s table, metric -> before, after, delta, relative, delta_std.
+        :func:`~lyra_rl.evaluate.compare`'s table, metric -> before, after, delta, relative, delta_sem, delta_std,
+        count.
     """
     variants = {"before": policy.adapters_disabled, "after": nullcontext}
     rows = evaluate_variants(policy, variants, conditions, reward_set, output_dir, **settings)

@@ -9,5 +9,8 @@ overwrite=(--overwrite_output_dir true)
 for arg in "$@"; do
     [[ "$arg" == --resume* ]] && overwrite=()
 done
+# accelerate launch gives its process one thread unless told (or OMP_NUM_THREADS says) otherwise: use every core.
+threads="${OMP_NUM_THREADS:-$(nproc)}"
 exec .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    --num_cpu_threads_per_process "$threads" \
     recipes/grpo.py --config recipes/configs/grpo_embedded.yaml "${overwrite[@]}" "$@"

@@ -85,10 +85,14 @@ def test_summaries_and_comparisons_over_seeds():
     row = compare(before, after)["rot_err"]
     assert row["delta"] == pytest.approx(-0.9) and row["relative"] == pytest.approx(-0.3)
     assert row["delta_std"] == pytest.approx(0.1)  # per-seed deltas -1.0, -0.9, -0.8
+    assert row["delta_sem"] == pytest.approx(0.1 / 3**0.5)  # one video per seed: the same deltas
     # Paired: a path found after training on a video that had none before enters neither side.
     before[0]["rot_err"], after[1]["rot_err"] = float("nan"), 50.0
     row = compare(before, after + [{"seed": 7, "rot_err": 0.0, "video": "b"}])["rot_err"]
     assert row["count"] == 2 and row["before"] == pytest.approx(3.5) and row["after"] == pytest.approx(26.6)
+    # A diagnostic some videos lack on either side (their reward failed there) is compared where both have it.
+    before[1]["sampson_px"], after[1]["sampson_px"], after[2]["sampson_px"] = 1.0, 0.5, 9.0
+    assert compare(before, after)["sampson_px"]["count"] == 1
     with pytest.raises(ValueError, match="share no video"):
         compare(before, [{"seed": 9, "rot_err": 1.0, "video": "a"}])
     assert psnr(torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.1)) == pytest.approx(20.0)
